@@ -1,0 +1,110 @@
+"""The data model: records, batches, element specs and the ``DataSource`` base."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Batch = dict[str, jax.Array]
+"""A batch: field name -> array with a leading batch axis."""
+
+ElementSpec = dict[str, jax.ShapeDtypeStruct]
+"""Shape and dtype of one record, per field."""
+
+
+class DataVar(nnx.Variable):
+    """A Variable holding a source's dataset arrays.
+
+    Kept apart from every other Variable so that a dataset is never carried
+    through a scan, never returned from a compiled step and never written into a
+    checkpoint: the pipeline broadcasts it into its compiled runs, and
+    ``nnx.state(pipe, nnx.Not(DataVar))`` is the resumable state.
+    """
+
+
+def as_key(key: jax.Array) -> jax.Array:
+    """Returns ``key`` as a new-style typed PRNG key (legacy uint32 keys wrapped)."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(
+        f"expected a PRNG key (jax.random.key(...) or a legacy uint32[2] key), got "
+        f"an array of dtype {key.dtype} and shape {key.shape}."
+    )
+
+
+class DataSource(nnx.Module):
+    """Base class of datarax sources: finite, random-access and traceable.
+
+    A source holds ``len(source)`` records. Its *stream* repeats them epoch after
+    epoch: stream position ``p`` is record offset ``p % len`` of epoch
+    ``p // len``. :meth:`get_batch_at` reads any window of that stream; it is a
+    pure function of its arguments, so it works inside ``jax.jit``, ``nnx.jit``,
+    ``nnx.scan`` and ``jax.vmap`` with ``start`` and ``key`` traced.
+
+    Subclasses implement ``__len__``, :attr:`element_spec` and
+    :meth:`get_batch_at`. Sources that can serve a shuffled order set
+    ``supports_shuffle = True`` and, given a key, serve epoch ``e`` in an order
+    that is a permutation determined by ``(key, e)`` alone.
+
+    Pipelines read through two optional hooks, ``_plan`` and ``_read``: work that
+    a run of many batches can share (per-epoch permutations) goes in ``_plan``,
+    computed once per compiled run, and ``_read`` serves each batch from it. The
+    defaults make ``_read`` call :meth:`get_batch_at`, so a source that implements
+    only the public method works everywhere.
+
+    Keep dataset arrays in :class:`DataVar` Variables (or behind a non-array
+    holder object), never as plain array attributes: those would become carried
+    state in every compiled step and in checkpoints.
+    """
+
+    supports_shuffle: bool = False
+
+    def __len__(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must implement __len__.")
+
+    @property
+    def element_spec(self) -> ElementSpec:
+        """Shape and dtype of one record, per field (no batch axis)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement the element_spec property."
+        )
+
+    def get_batch_at(
+        self, start: jax.typing.ArrayLike, batch_size: int, key: jax.Array | None = None
+    ) -> Batch:
+        """Returns the records at stream positions ``start .. start+batch_size-1``.
+
+        Args:
+            start: stream position of the first record (an int32 scalar, may be
+                traced); the batch may cross an epoch boundary.
+            batch_size: number of records, a static Python int.
+            key: ``None`` for natural order; with a key, a shuffling source serves
+                each epoch in the permutation determined by ``(key, epoch)``.
+
+        Returns:
+            A dict of arrays with a leading axis of ``batch_size``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement get_batch_at.")
+
+    def _plan(
+        self, start: jax.Array, num_records: int, key: jax.Array | None
+    ) -> Any:
+        """Work shared by the batches of positions ``start .. start+num_records-1``.
+
+        Computed once per compiled run, before its loop. The default plans
+        nothing.
+        """
+        del start, num_records, key
+        return None
+
+    def _read(
+        self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None
+    ) -> Batch:
+        """Reads one batch inside the window that ``plan`` was made for."""
+        del plan
+        return self.get_batch_at(start, batch_size, key)

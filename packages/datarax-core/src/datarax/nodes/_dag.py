@@ -1,0 +1,116 @@
+"""Validation and ordering of a declared DAG of pipeline nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+def validate_dag(
+    nodes: Mapping[str, object], edges: Mapping[str, Sequence[str]], sink: str
+) -> tuple[str, ...]:
+    """Checks a DAG's wiring and returns its nodes in execution order.
+
+    ``edges[name]`` lists the nodes whose outputs ``name`` takes as positional
+    arguments, in order; ``[]`` means it reads the source batch.
+
+    Args:
+        nodes: node name -> callable.
+        edges: node name -> names of its predecessors.
+        sink: the node whose output is the pipeline's batch.
+
+    Returns:
+        The node names in a topological order (predecessors first, ties in the
+        order of ``nodes``).
+
+    Raises:
+        ValueError: naming the offending nodes, for a node without an ``edges``
+            entry, an ``edges`` entry or predecessor that is not a node, a sink
+            that is not a node, a cycle, or a dead node (one whose output cannot
+            reach the sink).
+
+    Examples:
+        >>> validate_dag({"a": abs, "b": abs}, {"a": [], "b": ["a"]}, "b")
+        ('a', 'b')
+    """
+    names = list(nodes)
+    missing = [n for n in names if n not in edges]
+    if missing:
+        raise ValueError(
+            f"DAG nodes {missing} have no entry in edges; give each node its list of "
+            "predecessors ([] to read the source batch)."
+        )
+    unknown_keys = [n for n in edges if n not in nodes]
+    if unknown_keys:
+        raise ValueError(
+            f"edges names {unknown_keys}, which are not in nodes {names}; add them "
+            "to nodes or remove their edges entries."
+        )
+    unknown = sorted(
+        {f"{p!r} (input of {n!r})" for n in names for p in edges[n] if p not in nodes}
+    )
+    if unknown:
+        raise ValueError(
+            f"edges refer to unknown nodes: {', '.join(unknown)}; known nodes are "
+            f"{names}."
+        )
+    if sink not in nodes:
+        raise ValueError(f"sink {sink!r} is not one of the nodes {names}.")
+
+    order = _topological_order(names, edges)
+
+    # Dead nodes: walk backwards from the sink; whatever is not reached computes
+    # an output nobody uses.
+    live, todo = {sink}, [sink]
+    while todo:
+        for pred in edges[todo.pop()]:
+            if pred not in live:
+                live.add(pred)
+                todo.append(pred)
+    dead = [n for n in names if n not in live]
+    if dead:
+        raise ValueError(
+            f"DAG nodes {dead} are dead: the sink {sink!r} does not depend on them, so "
+            "their outputs would be unused; remove them or wire them towards the sink."
+        )
+    return order
+
+
+def _topological_order(
+    names: list[str], edges: Mapping[str, Sequence[str]]
+) -> tuple[str, ...]:
+    """Kahn's algorithm; raises ``ValueError`` naming the nodes on a cycle."""
+    indegree = {n: len(set(edges[n])) for n in names}
+    users: dict[str, list[str]] = {n: [] for n in names}
+    for n in names:
+        for pred in set(edges[n]):
+            users[pred].append(n)
+    ready = [n for n in names if indegree[n] == 0]
+    order: list[str] = []
+    while ready:
+        node = ready.pop(0)
+        order.append(node)
+        for user in users[node]:
+            indegree[user] -= 1
+            if indegree[user] == 0:
+                ready.append(user)
+    if len(order) < len(names):
+        cycle = _find_cycle([n for n in names if n not in order], edges)
+        raise ValueError(
+            f"DAG has a cycle: {' -> '.join(cycle)}; a node cannot depend on its own "
+            "output."
+        )
+    return tuple(order)
+
+
+def _find_cycle(candidates: list[str], edges: Mapping[str, Sequence[str]]) -> list[str]:
+    """One cycle among ``candidates`` (nodes Kahn's algorithm could not order)."""
+    node, seen = candidates[0], []
+    remaining = set(candidates)
+    while node not in seen:
+        seen.append(node)
+        node = next(p for p in edges[node] if p in remaining)
+    # seen is a path that enters a loop at `node`; edges point to inputs, so
+    # reverse it to read in data-flow order.
+    loop = seen[seen.index(node) :]
+    loop.reverse()
+    return [*loop, loop[0]]

@@ -1,0 +1,6 @@
+"""Random-access, jit-traceable data sources for datarax pipelines."""
+
+from datarax.sources._eager import EagerSourceBase
+from datarax.sources._memory import MemorySource
+
+__all__ = ["EagerSourceBase", "MemorySource"]

@@ -1,0 +1,161 @@
+"""``EagerSourceBase``: sources whose records are materialised as device arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from datarax.core import Batch, DataSource, DataVar, ElementSpec
+from datarax.core._source import as_key
+
+
+def validate_fields(
+    data: Mapping[str, Any], owner: str
+) -> dict[str, np.ndarray | jax.Array]:
+    """Checks that ``data`` is a non-empty dict of same-length arrays.
+
+    Returns the arrays (NumPy or JAX, never copied). Raises ``ValueError`` naming
+    the offending fields, prefixed with ``owner``.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{owner}: expected a mapping of field name -> array, got "
+            f"{type(data).__name__}."
+        )
+    if not data:
+        raise ValueError(f"{owner}: no fields; give at least one field name -> array.")
+    bad_names = [name for name in data if not isinstance(name, str)]
+    if bad_names:
+        raise ValueError(f"{owner}: field names must be str, got {bad_names!r}.")
+    not_arrays = {
+        name: type(value).__name__
+        for name, value in data.items()
+        if not isinstance(value, np.ndarray | jax.Array)
+    }
+    if not_arrays:
+        raise ValueError(
+            f"{owner}: fields {not_arrays} are not arrays; convert each with "
+            "np.asarray(...) (ragged lists must be padded first)."
+        )
+    scalars = [name for name, value in data.items() if value.ndim == 0]
+    if scalars:
+        raise ValueError(
+            f"{owner}: fields {scalars} are 0-d; every field needs a leading record "
+            "axis."
+        )
+    bad_dtypes = {
+        name: str(value.dtype)
+        for name, value in data.items()
+        if value.dtype.kind in "OUSVMm"
+    }
+    if bad_dtypes:
+        raise ValueError(
+            f"{owner}: fields {bad_dtypes} have dtypes JAX cannot hold; use numeric "
+            "or bool arrays (encode strings as token ids first)."
+        )
+    lengths = {name: int(value.shape[0]) for name, value in data.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"{owner}: fields differ in length {lengths}; give every field the same "
+            "number of records."
+        )
+    if next(iter(lengths.values())) == 0:
+        raise ValueError(f"{owner}: the fields hold no records {lengths}.")
+    return dict(data)
+
+
+class EagerSourceBase(DataSource):
+    """Base for sources that hold all their records as device arrays.
+
+    Holds the fields as :class:`~datarax.DataVar` s and implements ``len``,
+    :attr:`element_spec` and traceable :meth:`get_batch_at` in natural and
+    shuffled order. Shuffled epoch ``e`` is ``jax.random.permutation(fold_in(key,
+    e), len)``; pipelines compute the permutations of the epochs a compiled run
+    touches once per run, before its loop, so each batch costs one gather.
+
+    Subclasses (MemorySource, the HF / TFDS eager sources) convert their input to
+    a dict of arrays and call ``super().__init__(fields, owner=...)``.
+
+    Args:
+        fields: field name -> array (NumPy or JAX), same leading length.
+        owner: the name used in error messages.
+    """
+
+    supports_shuffle = True
+
+    def __init__(self, fields: Mapping[str, Any], *, owner: str = "source"):
+        fields = validate_fields(fields, owner)
+        self.names = tuple(fields)
+        self.arrays = nnx.List([DataVar(jnp.asarray(a)) for a in fields.values()])
+        self.length = int(next(iter(fields.values())).shape[0])
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def element_spec(self) -> ElementSpec:
+        """Shape and dtype of one record, per field."""
+        return {
+            name: jax.ShapeDtypeStruct(var.shape[1:], var.dtype)
+            for name, var in zip(self.names, self.arrays)
+        }
+
+    def get_batch_at(
+        self, start: jax.typing.ArrayLike, batch_size: int, key: jax.Array | None = None
+    ) -> Batch:
+        """Returns the records at stream positions ``start .. start+batch_size-1``.
+
+        Traceable in ``start`` and ``key``; ``batch_size`` must be a static int.
+        With ``key=None`` the order is natural; with a key, epoch ``e`` is served
+        in the permutation determined by ``(key, e)``.
+
+        Examples:
+            >>> import jax, numpy as np
+            >>> from datarax.sources import MemorySource
+            >>> source = MemorySource({"x": np.arange(5)})
+            >>> epoch0 = source.get_batch_at(0, 5, jax.random.key(0))["x"]
+            >>> sorted(epoch0.tolist())
+            [0, 1, 2, 3, 4]
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(f"batch_size must be a static Python int, got {batch_size!r}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        start = jnp.asarray(start, jnp.int32)
+        key = None if key is None else as_key(key)
+        return self._read(self._plan(start, batch_size, key), start, batch_size, key)
+
+    def _plan(
+        self, start: jax.Array, num_records: int, key: jax.Array | None
+    ) -> Any:
+        if key is None:
+            return None
+        length = self.length
+        # Epochs that positions start .. start+num_records-1 can touch.
+        num_epochs = (length + num_records - 2) // length + 1
+        first = start // length
+        epochs = first + jnp.arange(num_epochs, dtype=jnp.int32)
+        # Per-epoch key so every epoch is a fresh permutation and any epoch can be
+        # recomputed alone (exact resume, any batch size).
+        tables = jax.vmap(
+            lambda e: jax.random.permutation(jax.random.fold_in(key, e), length)
+        )(epochs)
+        return first * length, tables.reshape(-1).astype(jnp.int32)
+
+    def _read(
+        self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None
+    ) -> Batch:
+        if plan is None:
+            index = (start + jnp.arange(batch_size, dtype=jnp.int32)) % self.length
+        else:
+            table_start, table = plan
+            index = jax.lax.dynamic_slice(table, (start - table_start,), (batch_size,))
+        return {
+            name: jnp.take(var[...], index, axis=0, mode="clip")
+            for name, var in zip(self.names, self.arrays)
+        }
