@@ -9,9 +9,16 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from datarax.core._compiled import Graph, Program, build_chunk, build_scan
+from datarax.core._compiled import (
+    Graph,
+    Program,
+    build_chunk,
+    build_scan,
+    write_host_value,
+)
 from datarax.core._records import (
     RecordContext,
     RecordKeyed,
@@ -44,7 +51,8 @@ class RunKeys(NamedTuple):
 _PROGRAMS: weakref.WeakKeyDictionary[Pipeline, collections.OrderedDict] = (
     weakref.WeakKeyDictionary()
 )
-_MAX_PROGRAMS = 32  # a scan called with a fresh lambda each time must not leak
+_MAX_PROGRAMS = 32
+_INT32_MAX = 2**31 - 1  # a scan called with a fresh lambda each time must not leak
 
 
 def default_unroll() -> int:
@@ -168,9 +176,13 @@ class Pipeline(nnx.Module):
         self.shuffle = bool(shuffle)
         self.num_epochs = num_epochs
         self.drop_last = bool(drop_last)
-        self.key = StreamVar(rngs())
-        self.position = StreamVar(jnp.int32(0))
-        self.epoch = StreamVar(jnp.int32(0))
+        # Raw key data, not a typed key: jit checks typed-key arguments on every
+        # call (~5 us), and checkpoints store key data anyway.
+        self.key = StreamVar(jax.random.key_data(rngs()))
+        # Host (NumPy) int32 scalars: the host advances them without a device
+        # round trip; compiled runs take them as ordinary inputs.
+        self.position = StreamVar(np.asarray(0, np.int32))
+        self.epoch = StreamVar(np.asarray(0, np.int32))
         self.nodes: nnx.Dict | None = None
         self.sink: str | None = None
         self._edges: tuple[tuple[str, tuple[str, ...]], ...] | None = None
@@ -283,8 +295,30 @@ class Pipeline(nnx.Module):
             return _checked(self(batch), type(self).__name__)
 
     def _set_position(self, position: jax.Array) -> None:
+        """Sets position and epoch inside a trace."""
         self.position.set_value(position)
         self.epoch.set_value(position // len(self.source))
+
+    def _advance(self, count: int) -> None:
+        """Moves the stream position forward by ``count`` records."""
+        raw = self.position.get_raw_value()
+        if isinstance(raw, jax.core.Tracer):  # scan() inside the user's own jit
+            self._set_position(raw + count)
+        else:
+            self._write_position(int(raw) + count)
+
+    def _write_position(self, position: int) -> None:
+        """Sets position and epoch from the host, outside any trace."""
+        if position > _INT32_MAX:
+            raise OverflowError(
+                f"stream position {position} passed 2**31 - 1 records; build a new "
+                "pipeline (the record stream of epoch e is the same in any "
+                "pipeline of the same construction)."
+            )
+        write_host_value(self.position, np.asarray(position, np.int32))
+        write_host_value(
+            self.epoch, np.asarray(position // len(self.source), np.int32)
+        )
 
     def _operator_identities(self) -> dict[int, tuple]:
         """id(operator) -> its place in this pipeline (called at trace time).
@@ -348,9 +382,10 @@ class Pipeline(nnx.Module):
             self._set_position(start + self.batch_size)
             return batch
         program = self._program(
-            ("step",), (self,), None, lambda g: build_chunk(g, length=1, unroll=1)
+            ("step",), (self,), None, lambda g, p: build_chunk(g, p, length=1)
         )
-        (batch,), _, _ = program()
+        (batch,) = program()[0]
+        self._advance(self.batch_size)
         return batch
 
     def scan(
@@ -412,11 +447,12 @@ class Pipeline(nnx.Module):
             cache_key,
             (self, *modules),
             step_fn,
-            lambda g: build_scan(
-                g, step_fn, length=length, has_carry=has_carry, unroll=unroll
+            lambda g, p: build_scan(
+                g, p, step_fn, length=length, has_carry=has_carry, unroll=unroll
             ),
         )
         carry, outs = program(init_carry)
+        self._advance(length * self.batch_size)
         return (carry, outs) if has_carry else outs
 
     def _program(
@@ -424,7 +460,7 @@ class Pipeline(nnx.Module):
         cache_key: tuple,
         nodes: tuple,
         owner: object,
-        build: Callable[[Graph], Callable],
+        build: Callable[[Graph, Program], Callable],
     ) -> Program:
         """The cached compiled program for ``cache_key``, re-flattened if needed."""
         programs = _PROGRAMS.get(self)
@@ -441,7 +477,7 @@ class Pipeline(nnx.Module):
                 return program
         else:
             graph = Graph(nodes)
-        program = Program(graph, build(graph), owner)
+        program = Program(graph, build, owner)
         programs[cache_key] = program
         if len(programs) > _MAX_PROGRAMS:
             programs.popitem(last=False)

@@ -150,12 +150,30 @@ class EagerSourceBase(DataSource):
     def _read(
         self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None
     ) -> Batch:
+        arrays = [var[...] for var in self.arrays]
+        if plan is None and batch_size <= self.length:
+            offset = start % self.length
+            return dict(zip(self.names, (_window(a, offset, batch_size) for a in arrays)))
         if plan is None:
             index = (start + jnp.arange(batch_size, dtype=jnp.int32)) % self.length
         else:
             table_start, table = plan
             index = jax.lax.dynamic_slice(table, (start - table_start,), (batch_size,))
         return {
-            name: jnp.take(var[...], index, axis=0, mode="clip")
-            for name, var in zip(self.names, self.arrays)
+            name: jnp.take(array, index, axis=0, mode="clip")
+            for name, array in zip(self.names, arrays)
         }
+
+
+def _window(array: jax.Array, offset: jax.Array, size: int) -> jax.Array:
+    """Rows ``offset .. offset+size-1`` of ``array``, wrapping past the end.
+
+    Slices rather than gathers: on XLA:CPU a gather of the same rows costs twice
+    as much, and a ``lax.cond`` on the wrap costs as much again. ``dynamic_slice``
+    clamps its start, so ``base`` stops at the last full window; at the epoch's
+    end the wrapped rows come from the first ``size`` rows appended to it.
+    """
+    base = jnp.minimum(offset, array.shape[0] - size)
+    head = jax.lax.dynamic_slice_in_dim(array, base, size)
+    joined = jnp.concatenate([head, array[:size]])
+    return jax.lax.dynamic_slice_in_dim(joined, offset - base, size)
