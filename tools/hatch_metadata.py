@@ -22,7 +22,7 @@ class DataraxMetadataHook(MetadataHookInterface):
     PLUGIN_NAME = "custom"
 
     def update(self, metadata: dict) -> None:
-        """Fills ``version`` and ``dependencies`` from ``VERSION`` and the hook table."""
+        """Fills ``version`` and ``dependencies`` from ``VERSION`` and the table."""
         version = VERSION_FILE.read_text().strip()
         metadata["version"] = version
         siblings = [f"{name}=={version}" for name in self.config.get("siblings", [])]

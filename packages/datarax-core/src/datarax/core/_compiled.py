@@ -87,8 +87,10 @@ class Graph:
             )
         variables = [leaf for _, leaf in paths_leaves[0]]
         self.is_data = tuple(isinstance(v, DataVar) for v in variables)
-        self.carry_vars = [v for v, d in zip(variables, self.is_data) if not d]
-        self.data_vars = [v for v, d in zip(variables, self.is_data) if d]
+        self.carry_vars = [
+            v for v, d in zip(variables, self.is_data, strict=True) if not d
+        ]
+        self.data_vars = [v for v, d in zip(variables, self.is_data, strict=True) if d]
         self._snapshot = [
             (node, _attribute_ids(node))
             for _, node in nnx.iter_graph(nodes)
@@ -103,7 +105,7 @@ class Graph:
         """Whether ``nodes`` are still exactly the graph that was flattened."""
         if len(nodes) != len(self.nodes):
             return False
-        for new, old in zip(nodes, self.nodes):
+        for new, old in zip(nodes, self.nodes, strict=True):
             if new is not old:
                 return False
         for node, ids in self._snapshot:
@@ -137,7 +139,11 @@ class Graph:
                 "change. Make structural changes outside the compiled run."
             )
         variables = jax.tree.leaves(state, is_leaf=_is_variable)
-        return [v.get_raw_value() for v, d in zip(variables, self.is_data) if not d]
+        return [
+            v.get_raw_value()
+            for v, d in zip(variables, self.is_data, strict=True)
+            if not d
+        ]
 
 
 StepFn = Callable[..., Any]
@@ -153,8 +159,9 @@ class Program:
     it and advances it (see ``Pipeline._advance``).
     """
 
-    def __init__(self, graph: Graph, build: Callable[[Graph, Program], Callable],
-                 owner: object):
+    def __init__(
+        self, graph: Graph, build: Callable[[Graph, Program], Callable], owner: object
+    ):
         self.graph = graph
         self.owner = owner  # what the cache entry was built for (e.g. step_fn)
         self.changed: tuple[int, ...] = ()  # written at trace time by ``fn``
@@ -166,7 +173,7 @@ class Program:
         changed_values, *rest = self.fn(carry_values, data_values, *args)
         write = write_host_value if is_concrete(carry_values) else _write_traced
         variables = self.graph.carry_vars
-        for index, value in zip(self.changed, changed_values):
+        for index, value in zip(self.changed, changed_values, strict=True):
             write(variables[index], value)
         return rest
 
@@ -218,7 +225,7 @@ def build_scan(
             else:
                 out = step_fn(*modules, batch)
             new = graph.carried(nodes)
-            flags.append([a is not b for a, b in zip(new, values)])
+            flags.append([a is not b for a, b in zip(new, values, strict=True)])
             return (new, user_carry), out
 
         (values, user_carry), outs = jax.lax.scan(
@@ -259,7 +266,9 @@ def build_chunk(graph: Graph, program: Program, *, length: int) -> Callable:
         ]
         new = graph.carried(nodes)
         program.changed = tuple(
-            i for i, (a, b) in enumerate(zip(new, carry_values)) if a is not b
+            i
+            for i, (a, b) in enumerate(zip(new, carry_values, strict=True))
+            if a is not b
         )
         return [new[i] for i in program.changed], batches
 
@@ -282,7 +291,7 @@ def probe_batch(graph: Graph) -> tuple[bool, Any]:
         )
         batch = nodes[0]._batch(plan, start, keys)
         after = graph.carried(nodes)
-        changed.extend(a is not b for a, b in zip(after, carry_values))
+        changed.extend(a is not b for a, b in zip(after, carry_values, strict=True))
         return batch
 
     spec = jax.eval_shape(probe, *graph.read())

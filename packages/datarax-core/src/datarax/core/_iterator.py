@@ -80,7 +80,7 @@ class PipelineIterator:
         pipe = self._pipe
         return all(
             v.get_raw_value() is e
-            for v, e in zip(graph.carry_vars, self._expected)
+            for v, e in zip(graph.carry_vars, self._expected, strict=True)
             if v is not pipe.position and v is not pipe.epoch
         )
 

@@ -239,7 +239,7 @@ class Pipeline(nnx.Module):
                     f"DAG node {name!r} is a {type(node).__name__}, not a callable."
                 )
         pipe = cls(source=source, **kwargs)
-        pipe.nodes = nnx.Dict(dict(nodes))
+        pipe.nodes = nnx.data(nnx.Dict(dict(nodes)))
         pipe.sink = sink
         pipe._edges = tuple((name, tuple(edges[name])) for name in nodes)
         pipe._order = order
@@ -316,9 +316,7 @@ class Pipeline(nnx.Module):
                 "pipeline of the same construction)."
             )
         write_host_value(self.position, np.asarray(position, np.int32))
-        write_host_value(
-            self.epoch, np.asarray(position // len(self.source), np.int32)
-        )
+        write_host_value(self.epoch, np.asarray(position // len(self.source), np.int32))
 
     def _operator_identities(self) -> dict[int, tuple]:
         """id(operator) -> its place in this pipeline (called at trace time).

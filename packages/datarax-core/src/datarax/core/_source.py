@@ -91,9 +91,7 @@ class DataSource(nnx.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement get_batch_at.")
 
-    def _plan(
-        self, start: jax.Array, num_records: int, key: jax.Array | None
-    ) -> Any:
+    def _plan(self, start: jax.Array, num_records: int, key: jax.Array | None) -> Any:
         """Work shared by the batches of positions ``start .. start+num_records-1``.
 
         Computed once per compiled run, before its loop. The default plans

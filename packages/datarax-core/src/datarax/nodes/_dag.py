@@ -113,4 +113,6 @@ def _find_cycle(candidates: list[str], edges: Mapping[str, Sequence[str]]) -> li
     # reverse it to read in data-flow order.
     loop = seen[seen.index(node) :]
     loop.reverse()
+    first = min(range(len(loop)), key=lambda i: candidates.index(loop[i]))
+    loop = loop[first:] + loop[:first]  # start at the earliest-declared node
     return [*loop, loop[0]]

@@ -102,7 +102,7 @@ class EagerSourceBase(DataSource):
         """Shape and dtype of one record, per field."""
         return {
             name: jax.ShapeDtypeStruct(var.shape[1:], var.dtype)
-            for name, var in zip(self.names, self.arrays)
+            for name, var in zip(self.names, self.arrays, strict=True)
         }
 
     def get_batch_at(
@@ -123,16 +123,16 @@ class EagerSourceBase(DataSource):
             [0, 1, 2, 3, 4]
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(f"batch_size must be a static Python int, got {batch_size!r}.")
+            raise TypeError(
+                f"batch_size must be a static Python int, got {batch_size!r}."
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         start = jnp.asarray(start, jnp.int32)
         key = None if key is None else as_key(key)
         return self._read(self._plan(start, batch_size, key), start, batch_size, key)
 
-    def _plan(
-        self, start: jax.Array, num_records: int, key: jax.Array | None
-    ) -> Any:
+    def _plan(self, start: jax.Array, num_records: int, key: jax.Array | None) -> Any:
         if key is None:
             return None
         length = self.length
@@ -153,7 +153,8 @@ class EagerSourceBase(DataSource):
         arrays = [var[...] for var in self.arrays]
         if plan is None and batch_size <= self.length:
             offset = start % self.length
-            return dict(zip(self.names, (_window(a, offset, batch_size) for a in arrays)))
+            windows = [_window(a, offset, batch_size) for a in arrays]
+            return dict(zip(self.names, windows, strict=True))
         if plan is None:
             index = (start + jnp.arange(batch_size, dtype=jnp.int32)) % self.length
         else:
@@ -161,7 +162,7 @@ class EagerSourceBase(DataSource):
             index = jax.lax.dynamic_slice(table, (start - table_start,), (batch_size,))
         return {
             name: jnp.take(array, index, axis=0, mode="clip")
-            for name, array in zip(self.names, arrays)
+            for name, array in zip(self.names, arrays, strict=True)
         }
 
 
