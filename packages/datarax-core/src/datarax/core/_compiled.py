@@ -16,6 +16,8 @@ same ``GraphDef`` reuses the compiled function, so nothing is traced again.
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -67,60 +69,18 @@ def _attribute_ids(node: object) -> tuple[int, ...]:
     return tuple(map(id, vars(node).values()))
 
 
-class Graph:
-    """The pipeline (first) and the user's modules, flattened once."""
+@dataclasses.dataclass(frozen=True)
+class GraphSpec:
+    """The structure of a flattened graph: what a compiled function depends on.
 
-    def __init__(self, nodes: tuple):
-        self.nodes = nodes
-        self.graphdef, state = nnx.split(nodes)
-        self.treedef = jax.tree.structure(state, is_leaf=_is_variable)
-        paths_leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)
-        plain = [
-            jax.tree_util.keystr(path)
-            for path, leaf in paths_leaves[0]
-            if not isinstance(leaf, nnx.Variable)
-        ]
-        if plain:
-            raise TypeError(
-                f"modules hold plain array attributes at {plain}; wrap each in an "
-                "nnx.Variable (nnx.Param for parameters) so datarax can carry it."
-            )
-        variables = [leaf for _, leaf in paths_leaves[0]]
-        self.is_data = tuple(isinstance(v, DataVar) for v in variables)
-        self.carry_vars = [
-            v for v, d in zip(variables, self.is_data, strict=True) if not d
-        ]
-        self.data_vars = [v for v, d in zip(variables, self.is_data, strict=True) if d]
-        self._snapshot = [
-            (node, _attribute_ids(node))
-            for _, node in nnx.iter_graph(nodes)
-            if isinstance(node, nnx.Pytree)
-        ]
+    Hashable, and free of references to live modules or data, so compiled
+    functions built from it can be shared by every pipeline of the same
+    construction (a pipeline rebuilt to restore a checkpoint compiles nothing).
+    """
 
-    def signature(self) -> tuple:
-        """What a compiled function depends on: equal signatures share one."""
-        return (self.graphdef, self.treedef, self.is_data)
-
-    def matches(self, nodes: tuple) -> bool:
-        """Whether ``nodes`` are still exactly the graph that was flattened."""
-        if len(nodes) != len(self.nodes):
-            return False
-        for new, old in zip(nodes, self.nodes, strict=True):
-            if new is not old:
-                return False
-        for node, ids in self._snapshot:
-            if _attribute_ids(node) != ids:
-                return False
-        return True
-
-    def read(self) -> tuple[list, list]:
-        """Current raw values: (carried, data)."""
-        return (
-            [v.get_raw_value() for v in self.carry_vars],
-            [v.get_raw_value() for v in self.data_vars],
-        )
-
-    # -- inside traces ------------------------------------------------------------
+    graphdef: Any
+    treedef: Any
+    is_data: tuple[bool, ...]
 
     def merge(self, carry_values: Sequence[Any], data_values: Sequence[Any]) -> tuple:
         """Fresh modules holding the given (traced) values."""
@@ -146,34 +106,101 @@ class Graph:
         ]
 
 
+class Graph:
+    """The pipeline (first) and the user's modules, flattened once.
+
+    Holds the live Variables (their values are read and written per call) and
+    weak references to the nodes, so a cache entry never keeps a pipeline alive.
+    """
+
+    def __init__(self, nodes: tuple):
+        graphdef, state = nnx.split(nodes)
+        leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)[0]
+        plain = [
+            jax.tree_util.keystr(path)
+            for path, leaf in leaves
+            if not isinstance(leaf, nnx.Variable)
+        ]
+        if plain:
+            raise TypeError(
+                f"modules hold plain array attributes at {plain}; wrap each in an "
+                "nnx.Variable (nnx.Param for parameters) so datarax can carry it."
+            )
+        variables = [leaf for _, leaf in leaves]
+        is_data = tuple(isinstance(v, DataVar) for v in variables)
+        self.spec = GraphSpec(
+            graphdef, jax.tree.structure(state, is_leaf=_is_variable), is_data
+        )
+        self.carry_vars = [v for v, d in zip(variables, is_data, strict=True) if not d]
+        self.data_vars = [v for v, d in zip(variables, is_data, strict=True) if d]
+        self._nodes = [weakref.ref(node) for node in nodes]
+        self._snapshot = [
+            (weakref.ref(node), _attribute_ids(node))
+            for _, node in nnx.iter_graph(nodes)
+            if isinstance(node, nnx.Pytree)
+        ]
+
+    def matches(self, nodes: tuple) -> bool:
+        """Whether ``nodes`` are still exactly the graph that was flattened."""
+        if len(nodes) != len(self._nodes):
+            return False
+        for new, old in zip(nodes, self._nodes, strict=True):
+            if new is not old():
+                return False
+        for node, ids in self._snapshot:
+            alive = node()
+            if alive is None or _attribute_ids(alive) != ids:
+                return False
+        return True
+
+    def read(self) -> tuple[list, list]:
+        """Current raw values: (carried, data)."""
+        return (
+            [v.get_raw_value() for v in self.carry_vars],
+            [v.get_raw_value() for v in self.data_vars],
+        )
+
+
 StepFn = Callable[..., Any]
 
 
-class Program:
-    """One compiled kind of run of one pipeline, with its flattened graph.
+class Compiled:
+    """A compiled function, shared by all pipelines with the same GraphSpec.
 
-    The compiled function returns only the carried values its step can change
-    (found at trace time: an untouched Variable leaves a step as the very tracer
-    that went in), so a pipeline whose stages hold no state pays for no outputs
-    but its batches. The pipeline's position never goes through it: the host knows
-    it and advances it (see ``Pipeline._advance``).
+    ``changed`` lists the carried values the function returns (those its step
+    can change), recorded when it is traced: an untouched Variable leaves a step
+    as the very tracer that went in. A pipeline whose stages hold no state thus
+    pays for no outputs but its batches.
     """
 
-    def __init__(
-        self, graph: Graph, build: Callable[[Graph, Program], Callable], owner: object
-    ):
+    def __init__(self) -> None:
+        self.fn: Callable = _unbuilt
+        self.changed: tuple[int, ...] = ()
+
+
+def _unbuilt(*args: Any) -> Any:
+    raise RuntimeError("internal: a Compiled was called before it was built")
+
+
+class Program:
+    """One cached kind of run of one pipeline: its live graph and compiled code.
+
+    The pipeline's position never goes through the compiled function: the host
+    knows it and advances it (see ``Pipeline._advance``).
+    """
+
+    def __init__(self, graph: Graph, compiled: Compiled, owner: object):
         self.graph = graph
-        self.owner = owner  # what the cache entry was built for (e.g. step_fn)
-        self.changed: tuple[int, ...] = ()  # written at trace time by ``fn``
-        self.fn = build(graph, self)
+        self.compiled = compiled
+        self.owner = owner  # what the entry was built for (step_fn), kept alive
 
     def __call__(self, *args: Any) -> Any:
         """Runs the compiled function and writes back the changed Variables."""
         carry_values, data_values = self.graph.read()
-        changed_values, *rest = self.fn(carry_values, data_values, *args)
+        changed_values, *rest = self.compiled.fn(carry_values, data_values, *args)
         write = write_host_value if is_concrete(carry_values) else _write_traced
         variables = self.graph.carry_vars
-        for index, value in zip(self.changed, changed_values, strict=True):
+        for index, value in zip(self.compiled.changed, changed_values, strict=True):
             write(variables[index], value)
         return rest
 
@@ -182,19 +209,19 @@ def _write_traced(variable: nnx.Variable, value: Any) -> None:
     variable.set_raw_value(value)
 
 
-def _start(graph: Graph, carry_values: list, data_values: list, num_records: int):
+def _start(spec: GraphSpec, carry_values: list, data_values: list, length: int):
     """Merged nodes, start position, run keys and the source's plan for a run."""
-    nodes = graph.merge(carry_values, data_values)
+    nodes = spec.merge(carry_values, data_values)
     pipe: Pipeline = nodes[0]
     start = jnp.asarray(pipe.position[...], jnp.int32)
     keys = pipe._run_keys()
-    plan = pipe.source._plan(start, num_records, keys.shuffle)
+    plan = pipe.source._plan(start, length * pipe.batch_size, keys.shuffle)
     return nodes, start, keys, plan
 
 
 def build_scan(
-    graph: Graph,
-    program: Program,
+    spec: GraphSpec,
+    compiled: Compiled,
     step_fn: StepFn,
     *,
     length: int,
@@ -209,22 +236,20 @@ def build_scan(
 
     @jax.jit
     def run(carry_values, data_values, init_carry):
-        nodes, start, keys, plan = _start(
-            graph, carry_values, data_values, length * nodes_batch_size(graph)
-        )
+        nodes, start, keys, plan = _start(spec, carry_values, data_values, length)
         batch_size = nodes[0].batch_size
         flags: list[list[bool]] = []
 
         def body(carry, index):
             values, user_carry = carry
-            nodes = graph.merge(values, data_values)
+            nodes = spec.merge(values, data_values)
             batch = nodes[0]._batch(plan, start + index * batch_size, keys)
             modules = nodes[1:]
             if has_carry:
                 user_carry, out = step_fn(user_carry, *modules, batch)
             else:
                 out = step_fn(*modules, batch)
-            new = graph.carried(nodes)
+            new = spec.carried(nodes)
             flags.append([a is not b for a, b in zip(new, values, strict=True)])
             return (new, user_carry), out
 
@@ -234,20 +259,15 @@ def build_scan(
             jnp.arange(length, dtype=jnp.int32),
             unroll=min(unroll, length),
         )
-        program.changed = tuple(
+        compiled.changed = tuple(
             i for i in range(len(values)) if any(f[i] for f in flags)
         )
-        return [values[i] for i in program.changed], user_carry, outs
+        return [values[i] for i in compiled.changed], user_carry, outs
 
     return run
 
 
-def nodes_batch_size(graph: Graph) -> int:
-    """The pipeline's batch size (a static attribute, part of the GraphDef)."""
-    return graph.nodes[0].batch_size
-
-
-def build_chunk(graph: Graph, program: Program, *, length: int) -> Callable:
+def build_chunk(spec: GraphSpec, compiled: Compiled, *, length: int) -> Callable:
     """``jax.jit`` computing the next ``length`` batches, returned one by one.
 
     The batches are built in one traced Python loop rather than a ``lax.scan``:
@@ -257,20 +277,18 @@ def build_chunk(graph: Graph, program: Program, *, length: int) -> Callable:
 
     @jax.jit
     def run(carry_values, data_values):
-        nodes, start, keys, plan = _start(
-            graph, carry_values, data_values, length * nodes_batch_size(graph)
-        )
+        nodes, start, keys, plan = _start(spec, carry_values, data_values, length)
         pipe = nodes[0]
         batches = [
             pipe._batch(plan, start + k * pipe.batch_size, keys) for k in range(length)
         ]
-        new = graph.carried(nodes)
-        program.changed = tuple(
+        new = spec.carried(nodes)
+        compiled.changed = tuple(
             i
             for i, (a, b) in enumerate(zip(new, carry_values, strict=True))
             if a is not b
         )
-        return [new[i] for i in program.changed], batches
+        return [new[i] for i in compiled.changed], batches
 
     return run
 
@@ -284,15 +302,14 @@ def probe_batch(graph: Graph) -> tuple[bool, Any]:
     shapes.
     """
     changed: list[bool] = []
+    spec = graph.spec
 
     def probe(carry_values, data_values):
-        nodes, start, keys, plan = _start(
-            graph, carry_values, data_values, nodes_batch_size(graph)
-        )
+        nodes, start, keys, plan = _start(spec, carry_values, data_values, 1)
         batch = nodes[0]._batch(plan, start, keys)
-        after = graph.carried(nodes)
+        after = spec.carried(nodes)
         changed.extend(a is not b for a, b in zip(after, carry_values, strict=True))
         return batch
 
-    spec = jax.eval_shape(probe, *graph.read())
-    return any(changed), spec
+    shapes = jax.eval_shape(probe, *graph.read())
+    return any(changed), shapes

@@ -97,14 +97,14 @@ class PipelineIterator:
 def _chunk_program(pipe: Pipeline) -> Program:
     """The cached chunk program of ``pipe``."""
 
-    def build(graph, program):
-        stateful, spec = probe_batch(graph)
+    def build(spec, compiled, graph):
+        stateful, shapes = probe_batch(graph)
         batch_bytes = sum(
             int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
-            for s in jax.tree.leaves(spec)
+            for s in jax.tree.leaves(shapes)
         )
         chunk = 1 if stateful else max(1, min(MAX_CHUNK, CHUNK_BYTES // batch_bytes))
-        return build_chunk(graph, program, length=chunk)
+        return build_chunk(spec, compiled, length=chunk)
 
     return pipe._program(("chunk",), (pipe,), None, build)
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: lint, doctests and tests on python3,
+# then the tests again on Python 3.12 where pyenv has it (jax 0.10 + flax 0.12.8
+# on 3.11, jax 0.12 + flax 0.12.12 on 3.12: both must work).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_env.sh
+export JAX_PLATFORMS=cpu
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # tests never download
+
+suite() {  # VENV
+  "$1/bin/python" -m pytest -q -n 2 tests \
+    --doctest-modules packages/datarax-core/src packages/datarax-sources/src
+}
+
+ensure_env python3 .venv
+echo "== ruff"
+.venv/bin/python -m ruff check .
+.venv/bin/python -m ruff format --check .
+echo "== tests on $(.venv/bin/python --version)"
+suite .venv
+
+py312=""
+if command -v pyenv >/dev/null 2>&1; then
+  for candidate in "$(pyenv root)"/versions/3.12*/bin/python3; do
+    [ -x "$candidate" ] && py312="$candidate"
+  done
+fi
+if [ "$(python3 -c 'import sys; print(sys.version_info[:2] == (3, 12))')" = True ]; then
+  echo "== Python 3.12 run skipped: python3 is already 3.12"
+elif [ -n "$py312" ]; then
+  ensure_env "$py312" .venv312
+  echo "== tests on $(.venv312/bin/python --version)"
+  suite .venv312
+else
+  echo "== Python 3.12 run skipped: no Python 3.12 found under pyenv"
+fi

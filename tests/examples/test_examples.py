@@ -1,0 +1,35 @@
+"""Every example runs, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> str:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_quickstart():
+    assert run("examples/quickstart.py").splitlines() == ["(100,)", "3232"]
+
+
+def test_digits_demo_trains_both_ways():
+    out = run("examples/digits_demo.py", "--epochs", "3")
+    accuracy = dict(re.findall(r"^(\w+):\s+test accuracy ([\d.]+)", out, re.M))
+    assert set(accuracy) == {"iteration", "scan"}
+    # Same stream and init; the two compiled programs round differently, so
+    # the models agree closely but not bit for bit.
+    assert float(accuracy["scan"]) > 0.8 and float(accuracy["iteration"]) > 0.8
+    assert abs(float(accuracy["iteration"]) - float(accuracy["scan"])) < 0.05
+    assert re.search(r"scan speed-up over iteration: [\d.]+x", out)
