@@ -17,12 +17,14 @@ same ``GraphDef`` reuses the compiled function, so nothing is traced again.
 from __future__ import annotations
 
 import dataclasses
+import math
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from datarax.core._source import DataVar
@@ -65,8 +67,8 @@ def write_host_value(variable: nnx.Variable, value: Any) -> None:
         variable.set_raw_value(value)
 
 
-def _attribute_ids(node: object) -> tuple[int, ...]:
-    return tuple(map(id, vars(node).values()))
+def _attribute_ids(attributes: dict) -> tuple[int, ...]:
+    return tuple(map(id, attributes.values()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,24 +136,29 @@ class Graph:
         self.carry_vars = [v for v, d in zip(variables, is_data, strict=True) if not d]
         self.data_vars = [v for v, d in zip(variables, is_data, strict=True) if d]
         self._nodes = [weakref.ref(node) for node in nodes]
-        self._snapshot = [
-            (weakref.ref(node), _attribute_ids(node))
+        # The attribute dicts of every graph node (not the nodes: a dict holds no
+        # reference to its owner, so this keeps no pipeline alive) and the
+        # identities of their values when flattened.
+        self._dicts = [
+            vars(node)
             for _, node in nnx.iter_graph(nodes)
             if isinstance(node, nnx.Pytree)
         ]
+        self._ids = [_attribute_ids(d) for d in self._dicts]
 
     def matches(self, nodes: tuple) -> bool:
-        """Whether ``nodes`` are still exactly the graph that was flattened."""
+        """Whether ``nodes`` are still exactly the graph that was flattened.
+
+        Runs before every call (and every buffered batch), so it is one pass of
+        identity checks: any attribute of any node that was replaced, added or
+        removed since the flattening shows as a different tuple of ids.
+        """
         if len(nodes) != len(self._nodes):
             return False
         for new, old in zip(nodes, self._nodes, strict=True):
             if new is not old():
                 return False
-        for node, ids in self._snapshot:
-            alive = node()
-            if alive is None or _attribute_ids(alive) != ids:
-                return False
-        return True
+        return [_attribute_ids(d) for d in self._dicts] == self._ids
 
     def read(self) -> tuple[list, list]:
         """Current raw values: (carried, data)."""
@@ -272,16 +279,14 @@ def build_chunk(spec: GraphSpec, compiled: Compiled, *, length: int) -> Callable
 
     The batches are built in one traced Python loop rather than a ``lax.scan``:
     each lands directly in its own output buffer, where a scan would stack them
-    and copy them out again (3x slower on XLA:CPU for image batches).
+    and copy them out again (3x slower on XLA:CPU for image batches). Their
+    records are read from the source in one piece.
     """
 
     @jax.jit
     def run(carry_values, data_values):
         nodes, start, keys, plan = _start(spec, carry_values, data_values, length)
-        pipe = nodes[0]
-        batches = [
-            pipe._batch(plan, start + k * pipe.batch_size, keys) for k in range(length)
-        ]
+        batches = nodes[0]._batches(plan, start, length, keys)
         new = spec.carried(nodes)
         compiled.changed = tuple(
             i
@@ -313,3 +318,15 @@ def probe_batch(graph: Graph) -> tuple[bool, Any]:
 
     shapes = jax.eval_shape(probe, *graph.read())
     return any(changed), shapes
+
+
+def nbytes(shapes: Any) -> int:
+    """Total bytes of a pytree of arrays or ``ShapeDtypeStruct`` s."""
+    return sum(
+        math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in jax.tree.leaves(shapes)
+    )
+
+
+def batch_nbytes(graph: Graph) -> int:
+    """Bytes of one batch as the pipeline's stages produce it (traced, not run)."""
+    return nbytes(probe_batch(graph)[1])

@@ -6,9 +6,8 @@ import collections
 from typing import TYPE_CHECKING, Any
 
 import jax
-import numpy as np
 
-from datarax.core._compiled import Program, build_chunk, probe_batch
+from datarax.core._compiled import Program, build_chunk, nbytes, probe_batch
 from datarax.core._source import Batch
 
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ class PipelineIterator:
     def __init__(self, pipe: Pipeline):
         self._pipe = pipe
         self._buffer: collections.deque = collections.deque()
-        self._expected: list[Any] = []
+        self._expected: list[tuple[Any, Any]] = []  # (Variable, value it held)
         self._position = -1  # where the buffered batches start
         self._program: Program | None = None
 
@@ -74,15 +73,9 @@ class PipelineIterator:
 
     def _still_valid(self) -> bool:
         assert self._program is not None
-        graph = self._program.graph
-        if not graph.matches((self._pipe,)):
+        if not self._program.graph.matches((self._pipe,)):
             return False
-        pipe = self._pipe
-        return all(
-            v.get_raw_value() is e
-            for v, e in zip(graph.carry_vars, self._expected, strict=True)
-            if v is not pipe.position and v is not pipe.epoch
-        )
+        return all(v.get_raw_value() is e for v, e in self._expected)
 
     def _fill(self) -> None:
         program = _chunk_program(self._pipe)
@@ -90,8 +83,13 @@ class PipelineIterator:
         # Program.__call__ writes back what the stages changed (chunk of 1 then).
         (batches,) = program()
         self._buffer.extend(batches)
-        self._expected = [v.get_raw_value() for v in program.graph.carry_vars]
-        self._position = int(self._pipe.position.get_raw_value())
+        pipe = self._pipe
+        self._expected = [
+            (v, v.get_raw_value())
+            for v in program.graph.carry_vars
+            if v is not pipe.position and v is not pipe.epoch
+        ]
+        self._position = int(pipe.position.get_raw_value())
 
 
 def _chunk_program(pipe: Pipeline) -> Program:
@@ -99,10 +97,7 @@ def _chunk_program(pipe: Pipeline) -> Program:
 
     def build(spec, compiled, graph):
         stateful, shapes = probe_batch(graph)
-        batch_bytes = sum(
-            int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
-            for s in jax.tree.leaves(shapes)
-        )
+        batch_bytes = max(1, nbytes(shapes))
         chunk = 1 if stateful else max(1, min(MAX_CHUNK, CHUNK_BYTES // batch_bytes))
         return build_chunk(spec, compiled, length=chunk)
 
