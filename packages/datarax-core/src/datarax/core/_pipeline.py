@@ -22,6 +22,7 @@ from datarax.core._compiled import (
     build_scan,
     write_host_value,
 )
+from datarax.core._iterator import PipelineIterator
 from datarax.core._records import (
     RecordContext,
     RecordKeyed,
@@ -402,8 +403,6 @@ class Pipeline(nnx.Module):
         where the first stopped. Batches run across epoch boundaries; only the
         stream's final batch may be short (or dropped, with ``drop_last``).
         """
-        from datarax.core._iterator import PipelineIterator  # pipeline <-> iterator
-
         return PipelineIterator(self)
 
     def step(self) -> Batch:
