@@ -33,3 +33,9 @@ def test_digits_demo_trains_both_ways():
     assert float(accuracy["scan"]) > 0.8 and float(accuracy["iteration"]) > 0.8
     assert abs(float(accuracy["iteration"]) - float(accuracy["scan"])) < 0.05
     assert re.search(r"scan speed-up over iteration: [\d.]+x", out)
+
+
+def test_checkpoint_resume_in_a_fresh_process():
+    out = run("examples/checkpoint_resume.py")
+    assert out.splitlines()[-1].endswith(": True")
+    assert "stopped at record 56 of epoch 0" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import weakref
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -394,6 +395,44 @@ class Pipeline(nnx.Module):
                     rank += 1
         return identities
 
+    def _construction(self) -> dict[str, int | str | bool]:
+        """What a checkpoint of this pipeline can only be restored into.
+
+        Source length and element spec, seed, shuffle, and the structure of the
+        stages or DAG (types and names); not the batch size, which may change.
+        """
+        spec = {
+            name: (tuple(s.shape), str(s.dtype))
+            for name, s in self.source.element_spec.items()
+        }
+        key_data = np.asarray(self.key.get_raw_value()).tobytes()
+        return {
+            "source length": len(self.source),
+            "element spec": repr(sorted(spec.items())),
+            "seed": zlib.crc32(key_data),
+            "shuffle": self.shuffle,
+            "structure": self._structure(),
+        }
+
+    def _structure(self) -> str:
+        """Types and names of the stages, DAG or sub-modules, for checkpoints."""
+        parts = [type(self).__qualname__]
+        if self._order is not None:
+            assert self.nodes is not None
+            for name in self._order:
+                parts.append(f"{name}={_name(self.nodes[name])}")
+            parts.append(f"edges={self._edges!r}, sink={self.sink!r}")
+        else:
+            parts.extend(f"{i}={_name(s)}" for i, s in enumerate(self.stages))
+        for path, node in nnx.iter_graph(self):
+            if (
+                path
+                and path[0] not in ("source", "stages", "nodes")
+                and isinstance(node, nnx.Module)
+            ):
+                parts.append(f"{'/'.join(map(str, path))}={type(node).__qualname__}")
+        return "; ".join(parts)
+
     # -- the three ways to be fed ---------------------------------------------------
 
     def __iter__(self) -> Iterator[Batch]:
@@ -556,6 +595,9 @@ class Pipeline(nnx.Module):
 
 
 def _name(stage: object) -> str:
+    """A stage's name for messages: a function's name, else its class's."""
+    if isinstance(stage, nnx.Module):
+        return type(stage).__name__
     return getattr(stage, "__name__", type(stage).__name__)
 
 

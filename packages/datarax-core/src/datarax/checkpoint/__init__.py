@@ -1,0 +1,10 @@
+"""Checkpoints and exact resume of pipelines and the modules they feed.
+
+A pipeline's resumable state is its position, epoch and seed key, plus the state
+of stateful stages; never its dataset. Restoring it into a freshly built pipeline of
+the same construction continues the record stream exactly, with any batch size.
+"""
+
+from datarax.checkpoint._state import load_state_dict, restore, save, state_dict
+
+__all__ = ["load_state_dict", "restore", "save", "state_dict"]
