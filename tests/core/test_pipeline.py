@@ -467,3 +467,15 @@ def test_scan_batches_are_full_and_run_past_num_epochs(tokens):
     out = pipe.scan(lambda b: b["label"], length=5)
     assert out.shape == (5, 16)
     assert np.ravel(out).tolist() == [i % 50 for i in range(80)]
+
+
+def test_traced_step_plans_the_same_shuffle_as_the_host(tokens):
+    """step() inside the user's jit permutes in-graph; iteration uses the
+    per-epoch tables made on the host. Both are the same permutation."""
+    jitted = make(tokens, batch_size=7, shuffle=True, num_epochs=None)
+    fetch = nnx.jit(lambda p: p.step()["label"])
+    by_jit = np.concatenate([np.asarray(fetch(jitted)) for _ in range(16)])
+    it = iter(make(tokens, batch_size=7, shuffle=True, num_epochs=None))
+    by_iter = labels(next(it) for _ in range(16))
+    assert by_jit.tolist() == by_iter
+    assert sorted(by_iter[:50]) == list(range(50))

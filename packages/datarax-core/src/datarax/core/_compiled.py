@@ -183,6 +183,7 @@ class Compiled:
     def __init__(self) -> None:
         self.fn: Callable = _unbuilt
         self.changed: tuple[int, ...] = ()
+        self.length = 1  # batches per call, for chunk functions
 
 
 def _unbuilt(*args: Any) -> Any:
@@ -216,13 +217,20 @@ def _write_traced(variable: nnx.Variable, value: Any) -> None:
     variable.set_raw_value(value)
 
 
-def _start(spec: GraphSpec, carry_values: list, data_values: list, length: int):
+def _start(
+    spec: GraphSpec,
+    carry_values: list,
+    data_values: list,
+    length: int,
+    host_plan: Any = None,
+):
     """Merged nodes, start position, run keys and the source's plan for a run."""
     nodes = spec.merge(carry_values, data_values)
     pipe: Pipeline = nodes[0]
     start = jnp.asarray(pipe.position[...], jnp.int32)
     keys = pipe._run_keys()
-    plan = pipe.source._plan(start, length * pipe.batch_size, keys.shuffle)
+    records = length * pipe.batch_size
+    plan = pipe.source._plan(start, records, keys.shuffle, host_plan)
     return nodes, start, keys, plan
 
 
@@ -242,15 +250,22 @@ def build_scan(
     """
 
     @jax.jit
-    def run(carry_values, data_values, init_carry):
-        nodes, start, keys, plan = _start(spec, carry_values, data_values, length)
-        batch_size = nodes[0].batch_size
+    def run(carry_values, data_values, host_plan, init_carry):
+        nodes, start, keys, plan = _start(
+            spec, carry_values, data_values, length, host_plan
+        )
+        pipe: Pipeline = nodes[0]
+        batch_size = pipe.batch_size
+        per_read = max(1, min(length, pipe.source._steps_per_read(batch_size)))
         flags: list[list[bool]] = []
 
-        def body(carry, index):
+        def one_step(carry, batch_start, raw):
             values, user_carry = carry
             nodes = spec.merge(values, data_values)
-            batch = nodes[0]._batch(plan, start + index * batch_size, keys)
+            if raw is None:
+                batch = nodes[0]._batch(plan, batch_start, keys)
+            else:
+                batch = nodes[0]._apply_local(raw, batch_start, keys)
             modules = nodes[1:]
             if has_carry:
                 user_carry, out = step_fn(user_carry, *modules, batch)
@@ -260,12 +275,46 @@ def build_scan(
             flags.append([a is not b for a, b in zip(new, values, strict=True)])
             return (new, user_carry), out
 
-        (values, user_carry), outs = jax.lax.scan(
-            body,
-            (carry_values, init_carry),
-            jnp.arange(length, dtype=jnp.int32),
-            unroll=min(unroll, length),
-        )
+        def read_steps(carry, first_step, count):
+            """``count`` steps whose records come from one source read."""
+            chunk_start = start + first_step * batch_size
+            raw = pipe.source._read(plan, chunk_start, count * batch_size, keys.shuffle)
+            raw = {
+                k: v.reshape(count, batch_size, *v.shape[1:]) for k, v in raw.items()
+            }
+
+            def inner(carry, xs):
+                raw_k, k = xs
+                return one_step(carry, chunk_start + k * batch_size, raw_k)
+
+            steps = jnp.arange(count, dtype=jnp.int32)
+            return jax.lax.scan(inner, carry, (raw, steps), unroll=min(unroll, count))
+
+        carry = (carry_values, init_carry)
+        if per_read == 1:
+            carry, outs = jax.lax.scan(
+                lambda c, i: one_step(c, start + i * batch_size, None),
+                carry,
+                jnp.arange(length, dtype=jnp.int32),
+                unroll=min(unroll, length),
+            )
+        else:
+            # Sources with a costly read (a host callback) read many steps' records
+            # at once: an outer loop over reads, an inner one over their steps.
+            full, rest = divmod(length, per_read)
+            parts = []
+            if full:
+                carry, outs = jax.lax.scan(
+                    lambda c, j: read_steps(c, j * per_read, per_read),
+                    carry,
+                    jnp.arange(full, dtype=jnp.int32),
+                )
+                parts.append(jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), outs))
+            if rest:
+                carry, outs = read_steps(carry, full * per_read, rest)
+                parts.append(outs)
+            outs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+        values, user_carry = carry
         compiled.changed = tuple(
             i for i in range(len(values)) if any(f[i] for f in flags)
         )
@@ -284,8 +333,10 @@ def build_chunk(spec: GraphSpec, compiled: Compiled, *, length: int) -> Callable
     """
 
     @jax.jit
-    def run(carry_values, data_values):
-        nodes, start, keys, plan = _start(spec, carry_values, data_values, length)
+    def run(carry_values, data_values, host_plan):
+        nodes, start, keys, plan = _start(
+            spec, carry_values, data_values, length, host_plan
+        )
         batches = nodes[0]._batches(plan, start, length, keys)
         new = spec.carried(nodes)
         compiled.changed = tuple(

@@ -80,12 +80,12 @@ class PipelineIterator:
         return all(v.get_raw_value() is e for v, e in self._expected)
 
     def _fill(self) -> None:
-        program = _chunk_program(self._pipe)
+        pipe = self._pipe
+        program, chunk = _chunk_program(pipe)
         self._program = program
         # Program.__call__ writes back what the stages changed (chunk of 1 then).
-        (batches,) = program()
+        (batches,) = program(pipe._host_plan(chunk * pipe.batch_size))
         self._buffer.extend(batches)
-        pipe = self._pipe
         self._expected = [
             (v, v.get_raw_value())
             for v in program.graph.carry_vars
@@ -94,16 +94,18 @@ class PipelineIterator:
         self._position = int(pipe.position.get_raw_value())
 
 
-def _chunk_program(pipe: Pipeline) -> Program:
-    """The cached chunk program of ``pipe``."""
+def _chunk_program(pipe: Pipeline) -> tuple[Program, int]:
+    """The cached chunk program of ``pipe`` and how many batches it computes."""
 
     def build(spec, compiled, graph):
         stateful, shapes = probe_batch(graph)
         batch_bytes = max(1, nbytes(shapes))
         chunk = 1 if stateful else max(1, min(MAX_CHUNK, CHUNK_BYTES // batch_bytes))
+        compiled.length = chunk
         return build_chunk(spec, compiled, length=chunk)
 
-    return pipe._program(("chunk",), (pipe,), None, build)
+    program = pipe._program(("chunk",), (pipe,), None, build)
+    return program, program.compiled.length
 
 
 def _head(batch: Batch, count: int) -> Batch:

@@ -323,14 +323,25 @@ class Pipeline(nnx.Module):
         one kernel where a read per batch costs several per batch.
         """
         batch_size = self.batch_size
-        local = batch_size // jax.process_count()
         raw = self.source._read(plan, start, count * batch_size, keys.shuffle)
-        batches = []
-        for k in range(count):
-            low = k * batch_size + jax.process_index() * local
-            part = {name: x[low : low + local] for name, x in raw.items()}
-            batches.append(self._apply(part, start + low, local, keys))
-        return batches
+        return [
+            self._apply_local(
+                {
+                    name: x[k * batch_size : (k + 1) * batch_size]
+                    for name, x in raw.items()
+                },
+                start + k * batch_size,
+                keys,
+            )
+            for k in range(count)
+        ]
+
+    def _apply_local(self, raw: Batch, start: jax.Array, keys: RunKeys) -> Batch:
+        """Runs the stages on this process's slice of a global batch of records."""
+        local = self.batch_size // jax.process_count()
+        low = jax.process_index() * local
+        part = {name: x[low : low + local] for name, x in raw.items()}
+        return self._apply(part, start + low, local, keys)
 
     def _apply(self, raw: Batch, start: jax.Array, count: int, keys: RunKeys) -> Batch:
         """Runs the stages on records read from stream positions ``start...``."""
@@ -342,6 +353,18 @@ class Pipeline(nnx.Module):
         )
         with record_context(context):
             return _checked(self(raw), type(self).__name__)
+
+    def _host_plan(self, num_records: int) -> Any:
+        """The source's host-made plan for the next ``num_records`` records.
+
+        ``None`` inside a trace (``scan`` within the user's own jit): the source
+        then plans inside the compiled run.
+        """
+        raw = self.position.get_raw_value()
+        if isinstance(raw, jax.core.Tracer):
+            return None
+        key = _host_shuffle_key(self.key.get_raw_value()) if self.shuffle else None
+        return self.source._host_plan(int(raw), num_records, key)
 
     def _set_position(self, position: jax.Array) -> None:
         """Sets position and epoch inside a trace."""
@@ -467,7 +490,7 @@ class Pipeline(nnx.Module):
         program = self._program(
             ("step",), (self,), None, lambda s, c, g: build_chunk(s, c, length=1)
         )
-        (batch,) = program()[0]
+        (batch,) = program(self._host_plan(self.batch_size))[0]
         self._advance(self.batch_size)
         return batch
 
@@ -551,7 +574,7 @@ class Pipeline(nnx.Module):
             step_fn,
             build,
         )
-        carry, outs = program(init_carry)
+        carry, outs = program(self._host_plan(length * self.batch_size), init_carry)
         self._advance(length * self.batch_size)
         return (carry, outs) if has_carry else outs
 
@@ -592,6 +615,22 @@ class Pipeline(nnx.Module):
         if len(programs) > _MAX_PROGRAMS:
             programs.popitem(last=False)
         return program
+
+
+_SHUFFLE_KEYS: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
+
+
+def _host_shuffle_key(key_data: Any) -> np.ndarray:
+    """Key data of ``RunKeys.shuffle`` for a seed, computed once per seed."""
+    raw = np.asarray(key_data)
+    cached = _SHUFFLE_KEYS.get(raw.tobytes())
+    if cached is None:
+        key = jax.random.fold_in(as_key(jnp.asarray(raw)), 0)
+        cached = np.asarray(jax.random.key_data(key))
+        _SHUFFLE_KEYS[raw.tobytes()] = cached
+        if len(_SHUFFLE_KEYS) > 64:
+            _SHUFFLE_KEYS.popitem(last=False)
+    return cached
 
 
 def _name(stage: object) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Batch = dict[str, jax.Array]
@@ -91,13 +92,43 @@ class DataSource(nnx.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement get_batch_at.")
 
-    def _plan(self, start: jax.Array, num_records: int, key: jax.Array | None) -> Any:
+    def _steps_per_read(self, batch_size: int) -> int:
+        """How many batches a compiled run should read from this source at once.
+
+        1 (the default) reads each batch in its own step. Sources whose every read
+        has a fixed cost (a host callback) return more, so ``Pipeline.scan`` reads
+        that many steps' records in one go.
+        """
+        del batch_size
+        return 1
+
+    def _host_plan(
+        self, start: int, num_records: int, key_data: np.ndarray | None
+    ) -> Any:
+        """Plan inputs made on the host before a compiled run (default: none).
+
+        Called outside any trace with the run's start position, its number of
+        records and the shuffle key's data (``None`` in natural order). What it
+        returns (a pytree of arrays) is passed into the compiled run and on to
+        :meth:`_plan` as ``host_plan``: sources use it to reuse work across runs,
+        such as a permutation computed once per epoch.
+        """
+        del start, num_records, key_data
+        return None
+
+    def _plan(
+        self,
+        start: jax.Array,
+        num_records: int,
+        key: jax.Array | None,
+        host_plan: Any = None,
+    ) -> Any:
         """Work shared by the batches of positions ``start .. start+num_records-1``.
 
-        Computed once per compiled run, before its loop. The default plans
-        nothing.
+        Computed once per compiled run, before its loop, from ``host_plan`` when
+        the pipeline made one. The default plans nothing.
         """
-        del start, num_records, key
+        del start, num_records, key, host_plan
         return None
 
     def _read(

@@ -1,6 +1,7 @@
 """Random-access, jit-traceable data sources for datarax pipelines."""
 
+from datarax.sources._disk import StreamingDiskSource
 from datarax.sources._eager import EagerSourceBase
 from datarax.sources._memory import MemorySource
 
-__all__ = ["EagerSourceBase", "MemorySource"]
+__all__ = ["EagerSourceBase", "MemorySource", "StreamingDiskSource"]

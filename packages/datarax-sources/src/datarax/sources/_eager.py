@@ -12,6 +12,7 @@ from flax import nnx
 
 from datarax.core import Batch, DataSource, DataVar, ElementSpec
 from datarax.core._source import as_key
+from datarax.sources._order import host_order_plan, plan_order, record_indices
 
 
 def validate_fields(
@@ -132,20 +133,19 @@ class EagerSourceBase(DataSource):
         key = None if key is None else as_key(key)
         return self._read(self._plan(start, batch_size, key), start, batch_size, key)
 
-    def _plan(self, start: jax.Array, num_records: int, key: jax.Array | None) -> Any:
-        if key is None:
-            return None
-        length = self.length
-        # Epochs that positions start .. start+num_records-1 can touch.
-        num_epochs = (length + num_records - 2) // length + 1
-        first = start // length
-        epochs = first + jnp.arange(num_epochs, dtype=jnp.int32)
-        # Per-epoch key so every epoch is a fresh permutation and any epoch can be
-        # recomputed alone (exact resume, any batch size).
-        tables = jax.vmap(
-            lambda e: jax.random.permutation(jax.random.fold_in(key, e), length)
-        )(epochs)
-        return first * length, tables.reshape(-1).astype(jnp.int32)
+    def _host_plan(
+        self, start: int, num_records: int, key_data: np.ndarray | None
+    ) -> Any:
+        return host_order_plan(start, num_records, self.length, key_data)
+
+    def _plan(
+        self,
+        start: jax.Array,
+        num_records: int,
+        key: jax.Array | None,
+        host_plan: Any = None,
+    ) -> Any:
+        return plan_order(start, num_records, self.length, key, host_plan)
 
     def _read(
         self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None
@@ -155,11 +155,7 @@ class EagerSourceBase(DataSource):
             offset = start % self.length
             windows = [_window(a, offset, batch_size) for a in arrays]
             return dict(zip(self.names, windows, strict=True))
-        if plan is None:
-            index = (start + jnp.arange(batch_size, dtype=jnp.int32)) % self.length
-        else:
-            table_start, table = plan
-            index = jax.lax.dynamic_slice(table, (start - table_start,), (batch_size,))
+        index = record_indices(plan, start, batch_size, self.length)
         return {
             name: jnp.take(array, index, axis=0, mode="clip")
             for name, array in zip(self.names, arrays, strict=True)

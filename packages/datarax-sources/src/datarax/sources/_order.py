@@ -1,0 +1,154 @@
+"""Record order shared by the sources: natural, or a permutation per epoch.
+
+Shuffled epoch ``e`` of a source of ``length`` records lists the record indices
+sorted by a keyed hash: ``argsort(h(i))`` with ``h`` a bijection of 32-bit integers
+seeded by the shuffle key and the epoch. It is determined by the key and the epoch
+alone, so any epoch can be recomputed on its own (exact resume, any batch size),
+and every source that shuffles uses these functions, so an eager, a disk and an
+ArrayRecord source over the same records serve the same stream.
+
+The same integer arithmetic runs in NumPy on the host and in ``jax.numpy`` inside
+a trace, bit for bit: pipelines make each epoch's table once on the host (a NumPy
+sort of 10,000 hashes takes 0.5 ms where ``jax.random.permutation`` took 3.3 ms on
+XLA:CPU, 0.45 s for 1,000,000) and hand it to their compiled runs; a traced
+``get_batch_at`` computes it in-graph. Being our own arithmetic, the order does not
+change when JAX or NumPy change their random number generators.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class OrderPlan(NamedTuple):
+    """The permutations of the epochs a run touches, laid end to end."""
+
+    table_start: jax.Array  # stream position of the table's first entry
+    table: jax.Array  # int32 [epochs * length]
+
+
+HostOrderPlan = tuple[np.ndarray, tuple[jax.Array, ...]]
+"""(stream position of the first table, per-epoch tables) made on the host."""
+
+
+def _epochs_touched(num_records: int, length: int) -> int:
+    """How many epochs any ``num_records`` consecutive positions can touch."""
+    return (length + num_records - 2) // length + 1
+
+
+_GOLDEN = 0x9E3779B9
+_MASK = 0xFFFFFFFF
+
+
+def _mix(x: Any) -> Any:
+    """A bijection of uint32 (Wellons' lowbias32): NumPy, jax or Python ints."""
+    if isinstance(x, int):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & _MASK
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & _MASK
+        return x ^ (x >> 16)
+    # Typed constants: a Python int above 2**31 is no valid weak-typed jax value.
+    uint32 = jnp.uint32 if isinstance(x, jax.Array) else np.uint32
+    x = x ^ (x >> uint32(16))
+    x = x * uint32(0x7FEB352D)
+    x = x ^ (x >> uint32(15))
+    x = x * uint32(0x846CA68B)
+    return x ^ (x >> uint32(16))
+
+
+def _sort_keys(indices: Any, seed_a: Any, seed_b: Any) -> Any:
+    """Distinct uint32 sort keys of ``indices`` (a bijection, so no ties)."""
+    return _mix(_mix(indices ^ seed_a) ^ seed_b)
+
+
+def epoch_table_host(key_data: np.ndarray, epoch: int, length: int) -> np.ndarray:
+    """Epoch ``epoch``'s permutation of ``range(length)``, computed with NumPy."""
+    words = [int(w) for w in np.asarray(key_data, np.uint32).ravel()]
+    epoch &= _MASK
+    seed_a = _mix(words[0] ^ _mix((epoch + _GOLDEN) & _MASK))
+    seed_b = _mix(words[-1] ^ _mix(epoch ^ 0x85EBCA6B))
+    keys = _sort_keys(
+        np.arange(length, dtype=np.uint32), np.uint32(seed_a), np.uint32(seed_b)
+    )
+    return np.argsort(keys).astype(np.int32)
+
+
+def epoch_table(key: jax.Array, epoch: jax.Array, length: int) -> jax.Array:
+    """The same permutation as :func:`epoch_table_host`, traceable."""
+    words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
+    epoch = jnp.asarray(epoch).astype(jnp.uint32)
+    seed_a = _mix(words[0] ^ _mix(epoch + jnp.uint32(_GOLDEN)))
+    seed_b = _mix(words[-1] ^ _mix(epoch ^ jnp.uint32(0x85EBCA6B)))
+    keys = _sort_keys(jnp.arange(length, dtype=jnp.uint32), seed_a, seed_b)
+    return jnp.argsort(keys).astype(jnp.int32)
+
+
+# Per-epoch permutations, on the device, reused by every run in the epoch.
+_TABLES: collections.OrderedDict[tuple, jax.Array] = collections.OrderedDict()
+_MAX_TABLES = 8
+
+
+def host_order_plan(
+    start: int, num_records: int, length: int, key_data: np.ndarray | None
+) -> HostOrderPlan | None:
+    """The permutations a run needs, from a cache of one table per epoch.
+
+    The same tables :func:`plan_order` computes inside a trace, made once per
+    (key, epoch) on the host side of a pipeline and passed into its runs.
+    """
+    if key_data is None:
+        return None
+    first = start // length
+    tables = []
+    for epoch in range(first, first + _epochs_touched(num_records, length)):
+        cache_key = (key_data.tobytes(), epoch, length)
+        table = _TABLES.get(cache_key)
+        if table is None:
+            table = jax.device_put(epoch_table_host(key_data, epoch, length))
+            _TABLES[cache_key] = table
+            if len(_TABLES) > _MAX_TABLES:
+                _TABLES.popitem(last=False)
+        else:
+            _TABLES.move_to_end(cache_key)
+        tables.append(table)
+    return np.asarray(first * length, np.int32), tuple(tables)
+
+
+def plan_order(
+    start: jax.Array,
+    num_records: int,
+    length: int,
+    key: jax.Array | None,
+    host_plan: HostOrderPlan | None = None,
+) -> OrderPlan | None:
+    """Permutations for stream positions ``start .. start+num_records-1``.
+
+    ``None`` in natural order. Computed once per compiled run, before its loop,
+    from ``host_plan`` when the pipeline made one.
+    """
+    if key is None:
+        return None
+    if host_plan is not None:
+        table_start, tables = host_plan
+        return OrderPlan(jnp.asarray(table_start), jnp.concatenate(tables))
+    num_epochs = _epochs_touched(num_records, length)
+    first = start // length
+    epochs = first + jnp.arange(num_epochs, dtype=jnp.int32)
+    # One table per epoch, each from the key and the epoch alone.
+    tables = jax.vmap(lambda e: epoch_table(key, e, length))(epochs)
+    return OrderPlan(first * length, tables.reshape(-1))
+
+
+def record_indices(
+    plan: OrderPlan | None, start: jax.Array, count: int, length: int
+) -> jax.Array:
+    """Record index (int32 ``[count]``) at stream positions ``start...``."""
+    if plan is None:
+        return (start + jnp.arange(count, dtype=jnp.int32)) % length
+    return jax.lax.dynamic_slice(plan.table, (start - plan.table_start,), (count,))
