@@ -47,10 +47,21 @@ class _MemoryMaps:
 
 def _open(path: Path) -> np.memmap:
     """Opens one ``.npy`` file as a memory map, with errors that name it."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        # np.load would try such a file as a pickle and blame pickling.
+        raise ValueError(
+            f"{path}: is not a valid .npy file (no NumPy header); write it with "
+            "np.save."
+        )
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
-        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+        if any(
+            hint in str(err)
+            for hint in ("allow_pickle", "Object arrays", "Python objects")
+        ):
             raise ValueError(
                 f"{path}: holds Python objects (a pickled or object-dtype array); "
                 "save numeric arrays instead (np.save with a numeric dtype)."
