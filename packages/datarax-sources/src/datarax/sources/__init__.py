@@ -3,5 +3,11 @@
 from datarax.sources._disk import StreamingDiskSource
 from datarax.sources._eager import EagerSourceBase
 from datarax.sources._memory import MemorySource
+from datarax.sources._mix import MixDataSourcesNode
 
-__all__ = ["EagerSourceBase", "MemorySource", "StreamingDiskSource"]
+__all__ = [
+    "EagerSourceBase",
+    "MemorySource",
+    "MixDataSourcesNode",
+    "StreamingDiskSource",
+]

@@ -62,6 +62,11 @@ def _mix(x: Any) -> Any:
     return x ^ (x >> uint32(16))
 
 
+def mix_bits(seed: jax.Array, values: jax.Array) -> jax.Array:
+    """A keyed hash of uint32 ``values`` (traceable), for arrangements."""
+    return _mix(_mix(values ^ seed) + jnp.uint32(_GOLDEN))
+
+
 def _sort_keys(indices: Any, seed_a: Any, seed_b: Any) -> Any:
     """Distinct uint32 sort keys of ``indices`` (a bijection, so no ties)."""
     return _mix(_mix(indices ^ seed_a) ^ seed_b)

@@ -1,0 +1,289 @@
+"""``MixDataSourcesNode``: several sources drawn in proportion to weights."""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from datarax.core import Batch, DataSource, ElementSpec
+from datarax.core._source import as_key
+from datarax.sources._order import mix_bits
+
+#: Positions per block; every block holds a fixed quota of each source.
+DEFAULT_BLOCK_SIZE = 1000
+
+
+class MixPlan(NamedTuple):
+    """Block tables for the positions of a run, and each child's own plan."""
+
+    table_start: jax.Array  # stream position of the tables' first entry
+    source: jax.Array  # int32 [blocks * block_size]: which child serves a position
+    rank: jax.Array  # int32: how many earlier positions of its block drew that child
+    children: tuple  # each child's plan for the child positions the run reads
+
+
+def _quotas(weights: Sequence[float], block_size: int) -> tuple[int, ...]:
+    """Largest-remainder rounding of ``weights`` to integers summing to a block."""
+    total = float(sum(weights))
+    exact = [w / total * block_size for w in weights]
+    quotas = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: quotas[i] - exact[i])
+    for i in by_remainder[: block_size - sum(quotas)]:
+        quotas[i] += 1
+    return tuple(quotas)
+
+
+class MixDataSourcesNode(DataSource):
+    """A source that draws each stream position from one of several sources.
+
+    Positions are grouped in blocks of ``block_size``; every block holds a fixed
+    quota of each source (its weight's share, rounded), arranged by a per-block
+    permutation of the positions. Child ``i`` therefore serves exactly
+    ``quota_i`` positions of every block, so its own stream position at any mix
+    position is known in O(block) work: block ``b`` reads child positions
+    ``b * quota_i ..`` in order. Each child is read in its own stream order
+    (shuffled by its own per-epoch permutation when the pipeline shuffles), so
+    every record of a child appears once per the child's own epoch of draws, never
+    with replacement. Proportions hold to the quota rounding (at most
+    ``0.5 / block_size``) over whole blocks.
+
+    ``get_batch_at`` is traceable, built with ``jax.vmap`` over positions and
+    ``jax.lax.switch`` over sources, and deterministic in ``(start, key)``
+    (``key=None`` uses a fixed key for the arrangement and natural order in the
+    children). ``len(mix)`` is the sum of the children's lengths, so one epoch of
+    the mix is that many positions (``num_epochs`` counts these).
+
+    Args:
+        sources: the sources to mix; all with the same ``element_spec``.
+        weights: one non-negative weight per source, with a positive sum.
+        block_size: positions per block (at most 65,535).
+
+    Raises:
+        ValueError: for sources with different element specs (naming the fields),
+            negative, non-finite or zero-sum weights, or weights and sources of
+            different lengths.
+
+    Examples:
+        >>> import numpy as np
+        >>> from datarax.sources import MemorySource
+        >>> a = MemorySource({"x": np.zeros(6, np.int32)})
+        >>> b = MemorySource({"x": np.ones(4, np.int32)})
+        >>> mix = MixDataSourcesNode([a, b], weights=[3, 1], block_size=4)
+        >>> len(mix), mix.get_batch_at(0, 8)["x"].sum().item()
+        (10, 2)
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[DataSource],
+        weights: Sequence[float],
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+    ):
+        sources = list(sources)
+        if not sources:
+            raise ValueError("MixDataSourcesNode needs at least one source.")
+        for index, source in enumerate(sources):
+            if not isinstance(source, DataSource):
+                raise TypeError(
+                    f"MixDataSourcesNode: sources[{index}] is a "
+                    f"{type(source).__name__}, not a datarax DataSource."
+                )
+        weights = [float(w) for w in weights]
+        if len(weights) != len(sources):
+            raise ValueError(
+                f"MixDataSourcesNode: {len(weights)} weights for {len(sources)} "
+                "sources; give one weight per source."
+            )
+        bad = {i: w for i, w in enumerate(weights) if not math.isfinite(w) or w < 0}
+        if bad:
+            raise ValueError(
+                f"MixDataSourcesNode: weights must be finite and non-negative, got "
+                f"{bad} (index: weight)."
+            )
+        if sum(weights) <= 0:
+            raise ValueError(
+                f"MixDataSourcesNode: weights {weights} sum to zero; give at least "
+                "one source a positive weight."
+            )
+        if not 1 <= block_size <= 65_535:
+            raise ValueError(f"block_size must be in 1..65535, got {block_size}.")
+        _check_specs(sources)
+        self.sources = nnx.List(sources)
+        self.weights = tuple(weights)
+        self.block_size = block_size
+        self.quotas = _quotas(weights, block_size)
+        # Multipliers coprime to the block size: j -> a*j + c (mod block) permutes.
+        self._units = tuple(
+            u for u in range(1, max(2, block_size)) if math.gcd(u, block_size) == 1
+        ) or (1,)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources)
+
+    @property
+    def supports_shuffle(self) -> bool:  # type: ignore[override]
+        """Whether every child can shuffle."""
+        return all(s.supports_shuffle for s in self.sources)
+
+    @property
+    def element_spec(self) -> ElementSpec:
+        """The children's (common) element spec."""
+        return self.sources[0].element_spec
+
+    def get_batch_at(
+        self, start: jax.typing.ArrayLike, batch_size: int, key: jax.Array | None = None
+    ) -> Batch:
+        """Returns the records at mix positions ``start .. start+batch_size-1``.
+
+        Traceable in ``start`` and ``key``; ``batch_size`` must be a static int.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(
+                f"batch_size must be a static Python int, got {batch_size!r}."
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        start = jnp.asarray(start, jnp.int32)
+        key = None if key is None else as_key(key)
+        return self._read(self._plan(start, batch_size, key), start, batch_size, key)
+
+    # -- plans ----------------------------------------------------------------------
+
+    def _blocks(self, num_records: int) -> int:
+        """How many blocks any ``num_records`` consecutive positions can touch."""
+        return (self.block_size + num_records - 2) // self.block_size + 1
+
+    def _child_keys(self, key: jax.Array | None) -> list[jax.Array | None]:
+        if key is None:
+            return [None] * len(self.sources)
+        return [jax.random.fold_in(key, i + 1) for i in range(len(self.sources))]
+
+    def _steps_per_read(self, batch_size: int) -> int:
+        return max(s._steps_per_read(batch_size) for s in self.sources)
+
+    def _host_plan(
+        self, start: int, num_records: int, key_data: np.ndarray | None
+    ) -> Any:
+        blocks = self._blocks(num_records)
+        first = start // self.block_size
+        keys = _child_key_data(key_data, len(self.sources))
+        return tuple(
+            child._host_plan(first * q, max(1, blocks * q), k)
+            for child, q, k in zip(self.sources, self.quotas, keys, strict=True)
+        )
+
+    def _plan(
+        self,
+        start: jax.Array,
+        num_records: int,
+        key: jax.Array | None,
+        host_plan: Any = None,
+    ) -> MixPlan:
+        block_size, count = self.block_size, len(self.sources)
+        blocks = self._blocks(num_records)
+        first = start // block_size
+        block_ids = (first + jnp.arange(blocks, dtype=jnp.int32)).astype(jnp.uint32)
+        words = (
+            jnp.zeros(2, jnp.uint32)
+            if key is None
+            else jax.random.key_data(jax.random.fold_in(key, 0)).reshape(-1)
+        ).astype(jnp.uint32)
+        # Per-block permutation j -> (a*j + c) mod block, a a unit mod block: O(1)
+        # per position and no sort, with a and c hashed from the key and block.
+        units = jnp.asarray(self._units, jnp.uint32)
+        a = units[mix_bits(words[0], block_ids) % jnp.uint32(len(self._units))]
+        c = mix_bits(words[-1], block_ids ^ jnp.uint32(0x5BD1E995))
+        c = c % jnp.uint32(block_size)
+        j = jnp.arange(block_size, dtype=jnp.uint32)
+        slot = (a[:, None] * j[None, :] + c[:, None]) % jnp.uint32(block_size)
+        ends = jnp.asarray(np.cumsum(self.quotas), jnp.uint32)
+        source = jnp.searchsorted(ends, slot, side="right").astype(jnp.int32)
+        onehot = source[..., None] == jnp.arange(count, dtype=jnp.int32)
+        drawn = jnp.cumsum(onehot, axis=1, dtype=jnp.int32)  # draws so far, per child
+        rank = jnp.take_along_axis(drawn, source[..., None], axis=2)[..., 0] - 1
+        children = []
+        host = host_plan if host_plan is not None else (None,) * count
+        for child, q, k, h in zip(
+            self.sources, self.quotas, self._child_keys(key), host, strict=True
+        ):
+            children.append(child._plan(first * q, max(1, blocks * q), k, h))
+        return MixPlan(
+            first * block_size, source.reshape(-1), rank.reshape(-1), tuple(children)
+        )
+
+    def _read(
+        self, plan: MixPlan, start: jax.Array, batch_size: int, key: jax.Array | None
+    ) -> Batch:
+        offset = start - plan.table_start
+        source = jax.lax.dynamic_slice(plan.source, (offset,), (batch_size,))
+        rank = jax.lax.dynamic_slice(plan.rank, (offset,), (batch_size,))
+        block = (start + jnp.arange(batch_size, dtype=jnp.int32)) // self.block_size
+        quotas = jnp.asarray(self.quotas, jnp.int32)
+        child_position = block * quotas[source] + rank
+        keys = self._child_keys(key)
+
+        def branch(i: int):
+            child, child_plan, child_key = self.sources[i], plan.children[i], keys[i]
+
+            def read(position):
+                one = child._read(child_plan, position, 1, child_key)
+                return {name: value[0] for name, value in one.items()}
+
+            return read
+
+        branches = [branch(i) for i in range(len(self.sources))]
+        return jax.vmap(lambda s, p: jax.lax.switch(s, branches, p))(
+            source, child_position
+        )
+
+
+def _check_specs(sources: Sequence[DataSource]) -> None:
+    """Refuses sources whose element specs differ, naming the fields."""
+    specs = [
+        {k: (tuple(v.shape), np.dtype(v.dtype).name) for k, v in s.element_spec.items()}
+        for s in sources
+    ]
+    first = specs[0]
+    problems = []
+    for index, spec in enumerate(specs[1:], start=1):
+        for name in sorted(set(first) | set(spec)):
+            if first.get(name) != spec.get(name):
+                problems.append(
+                    f"field {name!r}: {first.get(name, 'missing')} in source 0, "
+                    f"{spec.get(name, 'missing')} in source {index}"
+                )
+    if problems:
+        raise ValueError(
+            "MixDataSourcesNode: sources differ in element_spec ("
+            + "; ".join(problems)
+            + "); give every source the same fields, shapes and dtypes."
+        )
+
+
+_CHILD_KEYS: collections.OrderedDict[tuple, list] = collections.OrderedDict()
+
+
+def _child_key_data(key_data: np.ndarray | None, count: int) -> list:
+    """Host copies of the children's key data (``fold_in(key, i + 1)``), cached."""
+    if key_data is None:
+        return [None] * count
+    cache_key = (np.asarray(key_data).tobytes(), count)
+    cached = _CHILD_KEYS.get(cache_key)
+    if cached is None:
+        key = as_key(jnp.asarray(key_data))
+        cached = [
+            np.asarray(jax.random.key_data(jax.random.fold_in(key, i + 1)))
+            for i in range(count)
+        ]
+        _CHILD_KEYS[cache_key] = cached
+        if len(_CHILD_KEYS) > 64:
+            _CHILD_KEYS.popitem(last=False)
+    return cached
