@@ -47,10 +47,12 @@ class DataSource(nnx.Module):
     pure function of its arguments, so it works inside ``jax.jit``, ``nnx.jit``,
     ``nnx.scan`` and ``jax.vmap`` with ``start`` and ``key`` traced.
 
-    Subclasses implement ``__len__``, :attr:`element_spec` and
-    :meth:`get_batch_at`. Sources that can serve a shuffled order set
-    ``supports_shuffle = True`` and, given a key, serve epoch ``e`` in an order
-    that is a permutation determined by ``(key, e)`` alone.
+    Subclasses implement ``__len__``, :attr:`element_spec` and either
+    :meth:`get_batch_at` or the ``_plan`` / ``_read`` hooks below (then the base
+    ``get_batch_at`` checks the arguments and reads through them). Sources that
+    can serve a shuffled order set ``supports_shuffle = True`` and, given a key,
+    serve epoch ``e`` in an order that is a permutation determined by
+    ``(key, e)`` alone.
 
     Pipelines read through two optional hooks, ``_plan`` and ``_read``: work that
     a run of many batches can share (per-epoch permutations) goes in ``_plan``,
@@ -80,17 +82,34 @@ class DataSource(nnx.Module):
     ) -> Batch:
         """Returns the records at stream positions ``start .. start+batch_size-1``.
 
+        Traceable in ``start`` and ``key``; the batch may cross an epoch boundary.
+        The base implementation checks the arguments and reads through
+        ``_plan`` and ``_read``; a subclass overrides either those two or this.
+
         Args:
             start: stream position of the first record (an int32 scalar, may be
-                traced); the batch may cross an epoch boundary.
+                traced).
             batch_size: number of records, a static Python int.
             key: ``None`` for natural order; with a key, a shuffling source serves
-                each epoch in the permutation determined by ``(key, epoch)``.
+                each epoch in the permutation determined by ``(key, epoch)``
+                (typed or legacy uint32 keys).
 
         Returns:
             A dict of arrays with a leading axis of ``batch_size``.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement get_batch_at.")
+        if type(self)._read is DataSource._read:
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement get_batch_at (or _read)."
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(
+                f"batch_size must be a static Python int, got {batch_size!r}."
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        start = jnp.asarray(start, jnp.int32)
+        key = None if key is None else as_key(key)
+        return self._read(self._plan(start, batch_size, key), start, batch_size, key)
 
     def _steps_per_read(self, batch_size: int) -> int:
         """How many batches a compiled run should read from this source at once.

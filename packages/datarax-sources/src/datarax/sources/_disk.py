@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from datarax.core import Batch, DataSource, ElementSpec
-from datarax.core._source import as_key
-from datarax.sources._order import host_order_plan, plan_order, record_indices
+from datarax.core import Batch, ElementSpec
+from datarax.sources._order import OrderedSource, record_indices
 
 #: Bytes a compiled run reads per host callback.
 READ_BYTES = 8 * 2**20
@@ -87,7 +85,7 @@ def _open(path: Path) -> np.memmap:
     return array
 
 
-class StreamingDiskSource(DataSource):
+class StreamingDiskSource(OrderedSource):
     """Records in ``.npy`` files, memory-mapped and read on demand.
 
     ``path`` is a folder holding one ``<field>.npy`` per field (all of the same
@@ -119,8 +117,6 @@ class StreamingDiskSource(DataSource):
         (6, [4, 5, 0, 1])
     """
 
-    supports_shuffle = True
-
     def __init__(self, path: str | os.PathLike):
         path = Path(path)
         if not path.exists():
@@ -147,9 +143,6 @@ class StreamingDiskSource(DataSource):
         self.path = str(path)
         self.files = _MemoryMaps(arrays)
 
-    def __len__(self) -> int:
-        return self.length
-
     @property
     def element_spec(self) -> ElementSpec:
         """Shape and dtype of one record, per field (dtypes as JAX holds them)."""
@@ -157,24 +150,6 @@ class StreamingDiskSource(DataSource):
             name: jax.ShapeDtypeStruct(array.shape[1:], _jax_dtype(array.dtype))
             for name, array in self.files.arrays.items()
         }
-
-    def get_batch_at(
-        self, start: jax.typing.ArrayLike, batch_size: int, key: jax.Array | None = None
-    ) -> Batch:
-        """Returns the records at stream positions ``start .. start+batch_size-1``.
-
-        Traceable in ``start`` and ``key`` (the read is a host callback);
-        ``batch_size`` must be a static int.
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(
-                f"batch_size must be a static Python int, got {batch_size!r}."
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        start = jnp.asarray(start, jnp.int32)
-        key = None if key is None else as_key(key)
-        return self._read(self._plan(start, batch_size, key), start, batch_size, key)
 
     def _steps_per_read(self, batch_size: int) -> int:
         # A host callback costs ~50-100 us whatever it reads; reading about 8 MiB
@@ -184,20 +159,6 @@ class StreamingDiskSource(DataSource):
             for s in self.element_spec.values()
         )
         return max(1, min(64, READ_BYTES // max(1, batch_size * record_bytes)))
-
-    def _host_plan(
-        self, start: int, num_records: int, key_data: np.ndarray | None
-    ) -> Any:
-        return host_order_plan(start, num_records, self.length, key_data)
-
-    def _plan(
-        self,
-        start: jax.Array,
-        num_records: int,
-        key: jax.Array | None,
-        host_plan: Any = None,
-    ) -> Any:
-        return plan_order(start, num_records, self.length, key, host_plan)
 
     def _read(
         self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None

@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from datarax.core import Batch, DataSource, DataVar, ElementSpec
-from datarax.core._source import as_key
-from datarax.sources._order import host_order_plan, plan_order, record_indices
+from datarax.core import Batch, DataVar, ElementSpec
+from datarax.sources._order import OrderedSource, record_indices
 
 
 def validate_fields(
@@ -70,7 +69,7 @@ def validate_fields(
     return dict(data)
 
 
-class EagerSourceBase(DataSource):
+class EagerSourceBase(OrderedSource):
     """Base for sources that hold all their records as device arrays.
 
     Holds the fields as :class:`~datarax.DataVar` s and implements ``len``,
@@ -87,16 +86,11 @@ class EagerSourceBase(DataSource):
         owner: the name used in error messages.
     """
 
-    supports_shuffle = True
-
     def __init__(self, fields: Mapping[str, Any], *, owner: str = "source"):
         fields = validate_fields(fields, owner)
         self.names = tuple(fields)
         self.arrays = nnx.List([DataVar(jnp.asarray(a)) for a in fields.values()])
         self.length = int(next(iter(fields.values())).shape[0])
-
-    def __len__(self) -> int:
-        return self.length
 
     @property
     def element_spec(self) -> ElementSpec:
@@ -105,47 +99,6 @@ class EagerSourceBase(DataSource):
             name: jax.ShapeDtypeStruct(var.shape[1:], var.dtype)
             for name, var in zip(self.names, self.arrays, strict=True)
         }
-
-    def get_batch_at(
-        self, start: jax.typing.ArrayLike, batch_size: int, key: jax.Array | None = None
-    ) -> Batch:
-        """Returns the records at stream positions ``start .. start+batch_size-1``.
-
-        Traceable in ``start`` and ``key``; ``batch_size`` must be a static int.
-        With ``key=None`` the order is natural; with a key, epoch ``e`` is served
-        in the permutation determined by ``(key, e)``.
-
-        Examples:
-            >>> import jax, numpy as np
-            >>> from datarax.sources import MemorySource
-            >>> source = MemorySource({"x": np.arange(5)})
-            >>> epoch0 = source.get_batch_at(0, 5, jax.random.key(0))["x"]
-            >>> sorted(epoch0.tolist())
-            [0, 1, 2, 3, 4]
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(
-                f"batch_size must be a static Python int, got {batch_size!r}."
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        start = jnp.asarray(start, jnp.int32)
-        key = None if key is None else as_key(key)
-        return self._read(self._plan(start, batch_size, key), start, batch_size, key)
-
-    def _host_plan(
-        self, start: int, num_records: int, key_data: np.ndarray | None
-    ) -> Any:
-        return host_order_plan(start, num_records, self.length, key_data)
-
-    def _plan(
-        self,
-        start: jax.Array,
-        num_records: int,
-        key: jax.Array | None,
-        host_plan: Any = None,
-    ) -> Any:
-        return plan_order(start, num_records, self.length, key, host_plan)
 
     def _read(
         self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None

@@ -138,25 +138,6 @@ class MixDataSourcesNode(DataSource):
         """The children's (common) element spec."""
         return self.sources[0].element_spec
 
-    def get_batch_at(
-        self, start: jax.typing.ArrayLike, batch_size: int, key: jax.Array | None = None
-    ) -> Batch:
-        """Returns the records at mix positions ``start .. start+batch_size-1``.
-
-        Traceable in ``start`` and ``key``; ``batch_size`` must be a static int.
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(
-                f"batch_size must be a static Python int, got {batch_size!r}."
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        start = jnp.asarray(start, jnp.int32)
-        key = None if key is None else as_key(key)
-        return self._read(self._plan(start, batch_size, key), start, batch_size, key)
-
-    # -- plans ----------------------------------------------------------------------
-
     def _blocks(self, num_records: int) -> int:
         """How many blocks any ``num_records`` consecutive positions can touch."""
         return (self.block_size + num_records - 2) // self.block_size + 1

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from datarax.core import DataSource
+
 
 class OrderPlan(NamedTuple):
     """The permutations of the epochs a run touches, laid end to end."""
@@ -157,3 +159,33 @@ def record_indices(
     if plan is None:
         return (start + jnp.arange(count, dtype=jnp.int32)) % length
     return jax.lax.dynamic_slice(plan.table, (start - plan.table_start,), (count,))
+
+
+class OrderedSource(DataSource):
+    """Base for sources of ``length`` records served in the shared order.
+
+    Implements the planning hooks: natural order, or the per-epoch permutations
+    of this module, made on the host once per epoch when a pipeline drives the
+    source and in-graph otherwise. Subclasses set ``self.length`` and implement
+    ``_read`` (usually over :func:`record_indices`).
+    """
+
+    supports_shuffle = True
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _host_plan(
+        self, start: int, num_records: int, key_data: np.ndarray | None
+    ) -> HostOrderPlan | None:
+        return host_order_plan(start, num_records, self.length, key_data)
+
+    def _plan(
+        self,
+        start: jax.Array,
+        num_records: int,
+        key: jax.Array | None,
+        host_plan: Any = None,
+    ) -> OrderPlan | None:
+        return plan_order(start, num_records, self.length, key, host_plan)
