@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from datarax import Pipeline
 from datarax.sources import MemorySource, StreamingDiskSource, _disk
@@ -186,3 +186,25 @@ def test_corrupt_file_is_named(tmp_path):
         ValueError, match=re.escape(f"{tmp_path / 'c.npy'}: is not a valid .npy")
     ):
         StreamingDiskSource(tmp_path)
+
+
+@settings(max_examples=8)
+@given(
+    length=st.integers(1, 25),
+    batch_size=st.integers(1, 30),
+    start=st.integers(0, 500),
+    shuffle=st.booleans(),
+)
+def test_any_window_equals_the_memory_source(
+    tmp_path_factory, length, batch_size, start, shuffle
+):
+    data = fields(length)
+    disk = StreamingDiskSource(write(tmp_path_factory.mktemp("d"), **data))
+    memory = MemorySource(data)
+    key = jax.random.key(4) if shuffle else None
+
+    def read(source):
+        fn = jax.jit(lambda s, k: source.get_batch_at(s, batch_size, k)["label"])
+        return np.asarray(fn(jnp.int32(start), key))
+
+    np.testing.assert_array_equal(read(disk), read(memory))
