@@ -71,7 +71,7 @@ def next_records(pipe, count: int) -> dict:
         batches.append(next(it))
     return {
         "y": np.concatenate([b["y"] for b in batches])[:count].tolist(),
-        "x0": np.concatenate([b["x"][:, 0] for b in batches])[:count].round(6).tolist(),
+        "x0": np.concatenate([b["x"][:, 0] for b in batches])[:count].tolist(),
     }
 
 
@@ -103,7 +103,11 @@ def main() -> None:
     got = json.loads(done.stdout.strip().splitlines()[-1])
     print("next labels, this process: ", expected["y"])
     print("next labels, fresh process:", got["y"])
-    same = got == expected
+    # Same records, same keys; the noise itself may differ in the last bit, since
+    # XLA vectorises the float math differently for another batch size.
+    same = got["y"] == expected["y"] and np.allclose(
+        got["x0"], expected["x0"], atol=1e-5
+    )
     print("the fresh process serves the same records with the same augmentation:", same)
     if not same:
         raise SystemExit(1)
