@@ -10,14 +10,13 @@ sit in the page cache (each file is read once before timing).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import median_seconds
 from flax import nnx
 
 from datarax import Pipeline
@@ -27,15 +26,6 @@ CASES = {
     "tokens 10,000 x 128 int32, batch 32": ((10_000, 128), np.int32, 32),
     "images 50,000 x 3,072 uint8, batch 64": ((50_000, 3_072), np.uint8, 64),
 }
-
-
-def median(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -75,8 +65,8 @@ def main() -> None:
                 return batch[field][0, 0].astype(jnp.int32)
 
             jax.block_until_ready(pipe.scan(step, length=args.steps))
-            t_floor = median(floor, args.repeats)
-            t_scan = median(
+            t_floor = median_seconds(floor, args.repeats)
+            t_scan = median_seconds(
                 lambda pipe=pipe, step=step: jax.block_until_ready(
                     pipe.scan(step, length=args.steps)
                 ),

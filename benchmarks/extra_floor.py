@@ -18,12 +18,11 @@ key per record from ``jax.random.split``, the same transforms, a reduction.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import median_seconds
 from flax import nnx
 
 from datarax import Pipeline
@@ -101,15 +100,6 @@ def dag1_floor(tokens, steps: int, unroll: int):
 
     jax.block_until_ready(run(tokens, 0))
     return lambda: jax.block_until_ready(run(tokens, 1))
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

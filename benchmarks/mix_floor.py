@@ -11,12 +11,11 @@ before timing, so the floor does not even pay for the arrangement) feed one
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import median_seconds
 from flax import nnx
 
 from datarax import Pipeline
@@ -25,16 +24,6 @@ from datarax.sources import MemorySource, MixDataSourcesNode
 LENGTHS = (10_000, 6_000, 4_000)
 WEIGHTS = (0.5, 0.3, 0.2)
 BATCH = 32
-
-
-def median(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -69,7 +58,7 @@ def main() -> None:
 
         return lambda: jax.block_until_ready(run(arrays, choice, rows))
 
-    t_floor = min(median(floor_fn(u), args.repeats) for u in (1, 2, 4, 8))
+    t_floor = min(median_seconds(floor_fn(u), args.repeats) for u in (1, 2, 4, 8))
 
     mix = MixDataSourcesNode([MemorySource({"x": d}) for d in data], WEIGHTS)
     pipe = Pipeline(
@@ -79,7 +68,7 @@ def main() -> None:
     def step(batch):
         return batch["x"].astype(jnp.float32).sum()
 
-    t_scan = median(
+    t_scan = median_seconds(
         lambda: jax.block_until_ready(pipe.scan(step, length=steps)), args.repeats
     )
     print(

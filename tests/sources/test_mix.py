@@ -174,7 +174,7 @@ def test_different_element_specs_name_the_fields():
     b = MemorySource({"x": np.zeros((4, 2), np.float32), "z": np.zeros(4)})
     with pytest.raises(ValueError) as info:
         MixDataSourcesNode([a, b], [1, 1])
-    message = str(info.value)
+    message = info.exconly()
     assert (
         "field 'x': ((3,), 'float32') in source 0, ((2,), 'float32') in source 1"
         in (message)

@@ -30,7 +30,7 @@ from datarax.core._records import (
     batch_positions,
     record_context,
 )
-from datarax.core._source import Batch, DataSource, as_key
+from datarax.core._source import Batch, DataSource, as_key, fold_in_host
 from datarax.nodes._dag import validate_dag
 
 Stage = Callable[..., Batch]
@@ -363,7 +363,8 @@ class Pipeline(nnx.Module):
         raw = self.position.get_raw_value()
         if isinstance(raw, jax.core.Tracer):
             return None
-        key = _host_shuffle_key(self.key.get_raw_value()) if self.shuffle else None
+        # The key data of RunKeys.shuffle, which runs derive in-graph.
+        key = fold_in_host(self.key.get_raw_value(), 0) if self.shuffle else None
         return self.source._host_plan(int(raw), num_records, key)
 
     def _set_position(self, position: jax.Array) -> None:
@@ -615,22 +616,6 @@ class Pipeline(nnx.Module):
         if len(programs) > _MAX_PROGRAMS:
             programs.popitem(last=False)
         return program
-
-
-_SHUFFLE_KEYS: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
-
-
-def _host_shuffle_key(key_data: Any) -> np.ndarray:
-    """Key data of ``RunKeys.shuffle`` for a seed, computed once per seed."""
-    raw = np.asarray(key_data)
-    cached = _SHUFFLE_KEYS.get(raw.tobytes())
-    if cached is None:
-        key = jax.random.fold_in(as_key(jnp.asarray(raw)), 0)
-        cached = np.asarray(jax.random.key_data(key))
-        _SHUFFLE_KEYS[raw.tobytes()] = cached
-        if len(_SHUFFLE_KEYS) > 64:
-            _SHUFFLE_KEYS.popitem(last=False)
-    return cached
 
 
 def _name(stage: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import jax
@@ -36,6 +37,29 @@ def as_key(key: jax.Array) -> jax.Array:
         f"expected a PRNG key (jax.random.key(...) or a legacy uint32[2] key), got "
         f"an array of dtype {key.dtype} and shape {key.shape}."
     )
+
+
+_FOLDED: collections.OrderedDict[tuple[bytes, int], np.ndarray] = (
+    collections.OrderedDict()
+)
+
+
+def fold_in_host(key_data: jax.typing.ArrayLike, data: int) -> np.ndarray:
+    """Key data of ``fold_in(key, data)``, computed outside any trace and cached.
+
+    Host-side plans need the same derived keys the compiled runs derive in-graph;
+    one eager ``fold_in`` costs tens of microseconds, so each result is kept.
+    """
+    raw = np.asarray(key_data)
+    cache_key = (raw.tobytes(), data)
+    folded = _FOLDED.get(cache_key)
+    if folded is None:
+        key = jax.random.fold_in(as_key(jnp.asarray(raw)), data)
+        folded = np.asarray(jax.random.key_data(key))
+        _FOLDED[cache_key] = folded
+        if len(_FOLDED) > 256:
+            _FOLDED.popitem(last=False)
+    return folded
 
 
 class DataSource(nnx.Module):

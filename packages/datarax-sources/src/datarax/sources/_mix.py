@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -13,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from datarax.core import Batch, DataSource, ElementSpec
-from datarax.core._source import as_key
+from datarax.core._source import fold_in_host
 from datarax.sources._order import mix_bits
 
 #: Positions per block; every block holds a fixed quota of each source.
@@ -155,7 +154,10 @@ class MixDataSourcesNode(DataSource):
     ) -> Any:
         blocks = self._blocks(num_records)
         first = start // self.block_size
-        keys = _child_key_data(key_data, len(self.sources))
+        keys = [  # the children's keys, as _child_keys derives them in-graph
+            None if key_data is None else fold_in_host(key_data, i + 1)
+            for i in range(len(self.sources))
+        ]
         return tuple(
             child._host_plan(first * q, max(1, blocks * q), k)
             for child, q, k in zip(self.sources, self.quotas, keys, strict=True)
@@ -247,24 +249,3 @@ def _check_specs(sources: Sequence[DataSource]) -> None:
             + "; ".join(problems)
             + "); give every source the same fields, shapes and dtypes."
         )
-
-
-_CHILD_KEYS: collections.OrderedDict[tuple, list] = collections.OrderedDict()
-
-
-def _child_key_data(key_data: np.ndarray | None, count: int) -> list:
-    """Host copies of the children's key data (``fold_in(key, i + 1)``), cached."""
-    if key_data is None:
-        return [None] * count
-    cache_key = (np.asarray(key_data).tobytes(), count)
-    cached = _CHILD_KEYS.get(cache_key)
-    if cached is None:
-        key = as_key(jnp.asarray(key_data))
-        cached = [
-            np.asarray(jax.random.key_data(jax.random.fold_in(key, i + 1)))
-            for i in range(count)
-        ]
-        _CHILD_KEYS[cache_key] = cached
-        if len(_CHILD_KEYS) > 64:
-            _CHILD_KEYS.popitem(last=False)
-    return cached
