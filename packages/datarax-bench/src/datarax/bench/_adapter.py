@@ -1,0 +1,141 @@
+"""The adapter protocol: how one loader does one scenario's work, and the registry."""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+
+from datarax.bench._scenarios import Scenario
+
+Batch = dict[str, jax.Array]
+
+#: Display name -> adapter class, in registration order.
+ADAPTERS: dict[str, type[Adapter]] = {}
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: registers ``cls`` under ``cls.name``."""
+    if cls.name in ADAPTERS:
+        raise ValueError(f"adapter {cls.name!r} is registered twice")
+    ADAPTERS[cls.name] = cls
+    return cls
+
+
+class Adapter(abc.ABC):
+    """One loader set up for one scenario.
+
+    The runner calls :meth:`setup` once, then :meth:`run` repeatedly; runs go on
+    along the stream (repeat ``k`` serves the batches after repeat ``k-1``).
+    Every adapter delivers each batch as a dict of ``jax.Array`` on the default
+    device; :meth:`run` returns only when the last batch is ready
+    (``block_until_ready``), so the timer sees the whole of the work.
+
+    Class attributes:
+        name: the display name (registry key).
+        kind: ``"floor"``, ``"datarax"``, ``"hand"`` (hand-written loop) or
+            ``"peer"``.
+        modules: top-level modules the adapter imports (peers); when one is
+            missing the adapter is skipped with :attr:`install`.
+        install: the command that installs what it needs.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "peer"
+    modules: ClassVar[tuple[str, ...]] = ()
+    install: ClassVar[str] = 'pip install "datarax-bench[peers]"'
+
+    @classmethod
+    def missing(cls) -> str | None:
+        """Why the adapter cannot run here (a module is not installed), else None."""
+        absent = [m for m in cls.modules if importlib.util.find_spec(m) is None]
+        if absent:
+            return f"{', '.join(absent)} not installed: {cls.install}"
+        return None
+
+    def unsupported(self, scenario: Scenario) -> str | None:
+        """Why this loader cannot express ``scenario`` (never run lighter work)."""
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        """The settings used (workers, prefetch, ...), recorded in the report."""
+        return {}
+
+    @abc.abstractmethod
+    def setup(
+        self,
+        scenario: Scenario,
+        variant: str,
+        data: list[dict[str, np.ndarray]],
+        workdir: Path,
+    ) -> None:
+        """Builds the loader over ``data`` (``scenario.data(variant)``).
+
+        ``workdir`` is an empty folder the adapter may write to; for an
+        ``on_disk`` scenario it already holds the ``.npy`` files.
+        """
+
+    @abc.abstractmethod
+    def run(self, num_batches: int) -> int:
+        """Serves the next ``num_batches`` batches; returns the records served."""
+
+    @abc.abstractmethod
+    def batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:
+        """The next ``num_batches`` batches, fetched to the host (for tests)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases workers, threads and files."""
+
+
+class IteratorAdapter(Adapter):
+    """An adapter whose loader is a Python iterator of device batches.
+
+    Subclasses implement :meth:`make_iterator` (called once, after ``setup``): an
+    endless iterator of ``dict[str, jax.Array]`` already on the default device.
+    """
+
+    _iterator: Iterator[Batch] | None = None
+
+    @abc.abstractmethod
+    def make_iterator(self) -> Iterator[Batch]:
+        """An endless iterator of device batches (epochs repeat)."""
+
+    def _next(self) -> Batch:
+        if self._iterator is None:
+            self._iterator = self.make_iterator()
+        return next(self._iterator)
+
+    def run(self, num_batches: int) -> int:
+        """Pulls ``num_batches`` batches, blocks on the last; returns records."""
+        records = 0
+        batch: Batch = {}
+        for _ in range(num_batches):
+            batch = self._next()
+            records += int(next(iter(batch.values())).shape[0])
+        jax.block_until_ready(batch)
+        return records
+
+    def batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:
+        """The next ``num_batches`` batches as NumPy arrays."""
+        return [
+            {k: np.asarray(v) for k, v in self._next().items()}
+            for _ in range(num_batches)
+        ]
+
+
+def to_device(batch: dict[str, Any]) -> Batch:
+    """A host batch (NumPy, torch, tf) as ``jax.Array`` s on the default device."""
+    return {k: jax.device_put(np.asarray(v)) for k, v in batch.items()}
+
+
+def endless(make_epoch: Callable[[int], Iterator[Any]]) -> Iterator[Any]:
+    """Chains ``make_epoch(0)``, ``make_epoch(1)``, ... forever."""
+    epoch = 0
+    while True:
+        yield from make_epoch(epoch)
+        epoch += 1
