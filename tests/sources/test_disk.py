@@ -12,7 +12,7 @@ from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from datarax import Pipeline
-from datarax.sources import MemorySource, StreamingDiskSource, _disk
+from datarax.sources import MemorySource, StreamingDiskSource, _host
 
 
 def write(folder, **fields):
@@ -89,7 +89,7 @@ def test_same_stream_as_memory_and_every_record_once_per_epoch(
 
 def test_scan_reading_many_steps_per_callback_keeps_the_stream(tmp_path, monkeypatch):
     folder = write(tmp_path / "d", **fields(17))
-    monkeypatch.setattr(_disk, "READ_BYTES", 3 * 2 * 32)  # 3 steps per read
+    monkeypatch.setattr(_host, "READ_BYTES", 3 * 2 * 32)  # 3 steps per read
     source = StreamingDiskSource(folder)
     assert source._steps_per_read(2) == 3
 

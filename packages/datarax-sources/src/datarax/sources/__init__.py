@@ -2,11 +2,13 @@
 
 from datarax.sources._disk import StreamingDiskSource
 from datarax.sources._eager import EagerSourceBase
+from datarax.sources._host import HostSourceBase
 from datarax.sources._memory import MemorySource
 from datarax.sources._mix import MixDataSourcesNode
 
 __all__ = [
     "EagerSourceBase",
+    "HostSourceBase",
     "MemorySource",
     "MixDataSourcesNode",
     "StreamingDiskSource",

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
-from datarax.core import Batch, ElementSpec
-from datarax.sources._order import OrderedSource, record_indices
-
-#: Bytes a compiled run reads per host callback.
-READ_BYTES = 8 * 2**20
+from datarax.core import ElementSpec
+from datarax.sources._host import HostSourceBase
 
 
 class _MemoryMaps:
@@ -85,7 +80,7 @@ def _open(path: Path) -> np.memmap:
     return array
 
 
-class StreamingDiskSource(OrderedSource):
+class StreamingDiskSource(HostSourceBase):
     """Records in ``.npy`` files, memory-mapped and read on demand.
 
     ``path`` is a folder holding one ``<field>.npy`` per field (all of the same
@@ -151,42 +146,9 @@ class StreamingDiskSource(OrderedSource):
             for name, array in self.files.arrays.items()
         }
 
-    def _steps_per_read(self, batch_size: int) -> int:
-        # A host callback costs ~50-100 us whatever it reads; reading about 8 MiB
-        # (at most 64 steps) per callback makes that cost vanish per record.
-        record_bytes = sum(
-            math.prod(s.shape) * np.dtype(s.dtype).itemsize
-            for s in self.element_spec.values()
-        )
-        return max(1, min(64, READ_BYTES // max(1, batch_size * record_bytes)))
-
-    def _read(
-        self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None
-    ) -> Batch:
-        index = record_indices(plan, start, batch_size, self.length)
-        return self.read_records(index)
-
-    def read_records(self, index: jax.Array) -> Batch:
-        """The records at ``index`` (int32, any shape), read on the host.
-
-        Traceable; under ``jax.vmap`` the callback receives the whole batch of
-        indices at once.
-        """
-        spec = self.element_spec
-        shapes = tuple(
-            jax.ShapeDtypeStruct((*index.shape, *s.shape), s.dtype)
-            for s in spec.values()
-        )
-        files = self.files
-
-        def host_read(rows: np.ndarray) -> tuple[np.ndarray, ...]:
-            return tuple(
-                np.asarray(a, dtype=s.dtype)
-                for a, s in zip(files.read(rows), shapes, strict=True)
-            )
-
-        values = jax.pure_callback(host_read, shapes, index, vmap_method="expand_dims")
-        return dict(zip(spec, values, strict=True))
+    def host_read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``rows`` of every field, gathered from the memory maps."""
+        return dict(zip(self.files.arrays, self.files.read(rows), strict=True))
 
 
 def _jax_dtype(dtype: np.dtype) -> np.dtype:
