@@ -349,6 +349,29 @@ def build_chunk(spec: GraphSpec, compiled: Compiled, *, length: int) -> Callable
     return run
 
 
+def build_apply(spec: GraphSpec, compiled: Compiled) -> Callable:
+    """``jax.jit`` running the stages on a batch of records read on the host.
+
+    For iteration-only sources: the records arrive as arguments (one global
+    batch), the stages see the same positions and keys as in any other mode.
+    """
+
+    @jax.jit
+    def run(carry_values, data_values, raw, start):
+        nodes = spec.merge(carry_values, data_values)
+        pipe: Pipeline = nodes[0]
+        batch = pipe._apply_local(raw, start, pipe._run_keys())
+        new = spec.carried(nodes)
+        compiled.changed = tuple(
+            i
+            for i, (a, b) in enumerate(zip(new, carry_values, strict=True))
+            if a is not b
+        )
+        return [new[i] for i in compiled.changed], batch
+
+    return run
+
+
 def probe_batch(graph: Graph) -> tuple[bool, Any]:
     """Traces one batch (``jax.eval_shape``, nothing runs) to learn two facts.
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import jax
+import numpy as np
 
-from datarax.core._compiled import Program, build_chunk, nbytes, probe_batch
-from datarax.core._source import Batch
+from datarax.core._compiled import (
+    Program,
+    build_apply,
+    build_chunk,
+    nbytes,
+    probe_batch,
+)
+from datarax.core._source import Batch, fold_in_host
 
 if TYPE_CHECKING:
     from datarax.core._pipeline import Pipeline
@@ -92,6 +100,70 @@ class PipelineIterator:
             if v is not pipe.position and v is not pipe.epoch
         ]
         self._position = int(pipe.position.get_raw_value())
+
+
+class StreamIterator:
+    """Serves a pipeline over an iteration-only source (``random_access = False``).
+
+    Reads host batches from ``source.host_batches`` (opened at the pipeline's
+    position, reopened whenever the position moved under it, e.g. after a
+    restored checkpoint), then runs the stages in one cached compiled function
+    per batch, with the same positions and keys as a random-access pipeline. A
+    short last batch is padded to full size for the stages (one compiled shape)
+    and cut after.
+    """
+
+    def __init__(self, pipe: Pipeline):
+        self._pipe = pipe
+        self._records: Iterator[dict[str, np.ndarray]] | None = None
+        self._position = -1  # where self._records continues
+
+    def __iter__(self) -> StreamIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        pipe = self._pipe
+        position = int(pipe.position.get_raw_value())
+        batch_size = pipe.batch_size
+        wanted = batch_size
+        if pipe.num_epochs is not None:
+            remaining = pipe.num_epochs * len(pipe.source) - position
+            if remaining <= 0 or (pipe.drop_last and remaining < batch_size):
+                raise StopIteration
+            wanted = min(batch_size, remaining)
+        if self._records is None or position != self._position:
+            key = fold_in_host(pipe.key.get_raw_value(), 0) if pipe.shuffle else None
+            self._records = iter(pipe.source.host_batches(position, batch_size, key))
+        raw = next(self._records, None)
+        if raw is None:  # the iterable ended early: len(source) was too large
+            raise RuntimeError(
+                f"{type(pipe.source).__name__} ended at stream position {position}, "
+                f"before the {len(pipe.source)} records per epoch it declared."
+            )
+        count = len(next(iter(raw.values())))
+        if count < wanted:
+            raise RuntimeError(
+                f"{type(pipe.source).__name__} served {count} records at stream "
+                f"position {position} where {wanted} were due: the iterable holds "
+                f"fewer records than the {len(pipe.source)} per epoch it declared."
+            )
+        raw = {k: _pad(np.asarray(v)[:wanted], batch_size) for k, v in raw.items()}
+        program = pipe._program(
+            ("apply",), (pipe,), None, lambda spec, c, g: build_apply(spec, c)
+        )
+        (batch,) = program(raw, np.asarray(position, np.int32))
+        if wanted < batch_size:
+            batch = _head(batch, wanted)
+        pipe._write_position(position + wanted)
+        self._position = position + wanted
+        return batch
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` grown to ``size`` rows by repeating its last row."""
+    if len(array) == size:
+        return array
+    return np.concatenate([array, np.repeat(array[-1:], size - len(array), 0)])
 
 
 def _chunk_program(pipe: Pipeline) -> tuple[Program, int]:

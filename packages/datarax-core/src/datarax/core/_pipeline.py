@@ -23,14 +23,20 @@ from datarax.core._compiled import (
     build_scan,
     write_host_value,
 )
-from datarax.core._iterator import PipelineIterator
+from datarax.core._iterator import PipelineIterator, StreamIterator
 from datarax.core._records import (
     RecordContext,
     RecordKeyed,
     batch_positions,
     record_context,
 )
-from datarax.core._source import Batch, DataSource, as_key, fold_in_host
+from datarax.core._source import (
+    Batch,
+    DataSource,
+    as_key,
+    fold_in_host,
+    iteration_only_message,
+)
 from datarax.nodes._dag import validate_dag
 
 Stage = Callable[..., Batch]
@@ -466,6 +472,8 @@ class Pipeline(nnx.Module):
         where the first stopped. Batches run across epoch boundaries; only the
         stream's final batch may be short (or dropped, with ``drop_last``).
         """
+        if not self.source.random_access:
+            return StreamIterator(self)
         return PipelineIterator(self)
 
     def step(self) -> Batch:
@@ -481,6 +489,8 @@ class Pipeline(nnx.Module):
         computes the permutation of the epochs it touches); ``scan`` plans once
         per run and is the fastest way to feed many steps.
         """
+        if not self.source.random_access:
+            raise TypeError(iteration_only_message(self.source, "Pipeline.step"))
         if isinstance(self.position.get_raw_value(), jax.core.Tracer):
             keys = self._run_keys()
             start = jnp.asarray(self.position[...], jnp.int32)
@@ -539,6 +549,8 @@ class Pipeline(nnx.Module):
         """
         if not callable(step_fn):
             raise TypeError(f"step_fn must be callable, got {step_fn!r}.")
+        if not self.source.random_access:
+            raise TypeError(iteration_only_message(self.source, "Pipeline.scan"))
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be a Python int >= 1, got {length!r}.")
         modules = tuple(modules)

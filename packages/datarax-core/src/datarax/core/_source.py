@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -62,6 +63,16 @@ def fold_in_host(key_data: jax.typing.ArrayLike, data: int) -> np.ndarray:
     return folded
 
 
+def iteration_only_message(source: DataSource, what: str) -> str:
+    """The error for ``what`` (scan, step, get_batch_at) on an iteration-only source."""
+    return (
+        f"{what} needs random access to records by stream position (it loads data "
+        f"inside compiled code), but {type(source).__name__} is iteration-only: it "
+        "reads its records in order, on the host. Iterate the pipeline instead "
+        f"(for batch in pipe: ...), or use {source.random_access_alternative}."
+    )
+
+
 class DataSource(nnx.Module):
     """Base class of datarax sources: finite, random-access and traceable.
 
@@ -90,6 +101,12 @@ class DataSource(nnx.Module):
     """
 
     supports_shuffle: bool = False
+    #: False for iteration-only sources (a stream that can only be read in
+    #: order): they implement :meth:`host_batches` instead of the read hooks and
+    #: feed ``Pipeline`` iteration, not ``scan``, ``step()`` or ``get_batch_at``.
+    random_access: bool = True
+    #: What to use instead, named in the errors of an iteration-only source.
+    random_access_alternative: str = "a random-access source over the same data"
 
     def __len__(self) -> int:
         raise NotImplementedError(f"{type(self).__name__} must implement __len__.")
@@ -121,6 +138,8 @@ class DataSource(nnx.Module):
         Returns:
             A dict of arrays with a leading axis of ``batch_size``.
         """
+        if not self.random_access:
+            raise TypeError(iteration_only_message(self, "get_batch_at"))
         if type(self)._read is DataSource._read:
             raise NotImplementedError(
                 f"{type(self).__name__} must implement get_batch_at (or _read)."
@@ -180,3 +199,20 @@ class DataSource(nnx.Module):
         """Reads one batch inside the window that ``plan`` was made for."""
         del plan
         return self.get_batch_at(start, batch_size, key)
+
+    def host_batches(
+        self, start: int, batch_size: int, key_data: np.ndarray | None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Iteration-only sources: the stream from position ``start``, on the host.
+
+        Yields NumPy batches of ``batch_size`` records (the stream runs on into
+        the next epoch; the last batch of a finite iterable may be short).
+        ``key_data`` is the shuffle key's data (``None`` in natural order): a
+        shuffling source serves epoch ``e`` in an order determined by
+        ``(key_data, e)`` alone, so a restarted iterator serves the same stream.
+        """
+        del start, batch_size, key_data
+        raise NotImplementedError(
+            f"{type(self).__name__} sets random_access = False and must implement "
+            "host_batches."
+        )
