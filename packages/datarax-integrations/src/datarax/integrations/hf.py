@@ -92,9 +92,10 @@ class HFStreamingSource(IterableSourceBase):
     Records are read in chunks of ``chunk_size`` in NumPy format. With
     ``shuffle=True`` on the pipeline, epoch ``e`` is the dataset's own buffer
     shuffle (``IterableDataset.shuffle(seed, buffer_size)``), its seed derived
-    from the pipeline's key and ``e``: every record once per epoch, in an order fixed by the key and the epoch, so a restart serves the
-    same stream. Resuming mid-epoch reads and drops the records before the
-    position (a stream cannot seek).
+    from the pipeline's key and ``e``: every record once per epoch, in an order
+    fixed by the key and the epoch, so a restart serves the same stream.
+    Resuming mid-epoch reads and drops the records before the position (a stream
+    cannot seek).
 
     Args:
         dataset: an ``IterableDataset``, an ``IterableDatasetDict`` (then give
