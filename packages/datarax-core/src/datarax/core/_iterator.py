@@ -65,18 +65,13 @@ class PipelineIterator:
         if self._buffer and (position != self._position or not self._still_valid()):
             self._buffer.clear()
         batch_size = pipe.batch_size
-        remaining = batch_size
-        if pipe.num_epochs is not None:
-            remaining = pipe.num_epochs * len(pipe.source) - position
-            if remaining <= 0 or (pipe.drop_last and remaining < batch_size):
-                raise StopIteration
+        served = _records_due(pipe, position)
         if not self._buffer:
             self._fill()
         batch = self._buffer.popleft()
-        if remaining < batch_size:
+        if served < batch_size:
             self._buffer.clear()
-            batch = _head(batch, remaining)
-        served = min(remaining, batch_size)
+            batch = _head(batch, served)
         pipe._write_position(position + served)
         self._position = position + served
         return batch
@@ -125,12 +120,7 @@ class StreamIterator:
         pipe = self._pipe
         position = int(pipe.position.get_raw_value())
         batch_size = pipe.batch_size
-        wanted = batch_size
-        if pipe.num_epochs is not None:
-            remaining = pipe.num_epochs * len(pipe.source) - position
-            if remaining <= 0 or (pipe.drop_last and remaining < batch_size):
-                raise StopIteration
-            wanted = min(batch_size, remaining)
+        wanted = _records_due(pipe, position)
         if self._records is None or position != self._position:
             key = fold_in_host(pipe.key.get_raw_value(), 0) if pipe.shuffle else None
             self._records = iter(pipe.source.host_batches(position, batch_size, key))
@@ -157,6 +147,20 @@ class StreamIterator:
         pipe._write_position(position + wanted)
         self._position = position + wanted
         return batch
+
+
+def _records_due(pipe: Pipeline, position: int) -> int:
+    """Records the next batch holds (``batch_size`` but at the stream's end).
+
+    Raises StopIteration when ``num_epochs`` are served (or only a short batch
+    is left and ``drop_last`` is set).
+    """
+    if pipe.num_epochs is None:
+        return pipe.batch_size
+    remaining = pipe.num_epochs * len(pipe.source) - position
+    if remaining <= 0 or (pipe.drop_last and remaining < pipe.batch_size):
+        raise StopIteration
+    return min(pipe.batch_size, remaining)
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
