@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,11 +21,26 @@ ADAPTERS: dict[str, type[Adapter]] = {}
 
 
 def register_adapter(cls: type[Adapter]) -> type[Adapter]:
-    """Class decorator: registers ``cls`` under ``cls.name``."""
-    if cls.name in ADAPTERS:
-        raise ValueError(f"adapter {cls.name!r} is registered twice")
+    """Class decorator: registers ``cls`` under ``cls.name``.
+
+    The same class imported again (a module loaded twice, as doctest collection
+    does) replaces its entry; another class under a taken name is refused.
+    """
+    known = ADAPTERS.get(cls.name)
+    if known is not None and _origin(known) != _origin(cls):
+        raise ValueError(
+            f"adapter {cls.name!r} is registered twice: by "
+            f"{known.__module__}.{known.__qualname__} and "
+            f"{cls.__module__}.{cls.__qualname__}; give one another name."
+        )
     ADAPTERS[cls.name] = cls
     return cls
+
+
+def _origin(cls: type) -> tuple[str | None, str]:
+    """The file and qualified name defining ``cls`` (its module name can vary)."""
+    module = sys.modules.get(cls.__module__)
+    return getattr(module, "__file__", cls.__module__), cls.__qualname__
 
 
 class Adapter(abc.ABC):

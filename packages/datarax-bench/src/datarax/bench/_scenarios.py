@@ -66,7 +66,8 @@ class Scenario:
         mix_weights: several sources mixed by these weights (``IO-3``), else None.
         dag: the two-branch DAG with a merge (``PC-2``).
         on_disk: records live in ``.npy`` files read on demand (``IO-2``).
-        variants: ``"small"`` and ``"full"`` sizes.
+        variants: ``"small"`` and ``"full"`` sizes, and ``"tiny"`` for tests and
+            smoke runs (seconds, not figures to quote).
     """
 
     id: str
@@ -82,6 +83,7 @@ class Scenario:
     on_disk: bool = False
     variants: Mapping[str, Variant] = field(
         default_factory=lambda: {
+            "tiny": Variant(1_000, 4),
             "small": Variant(10_000, 100),
             "full": Variant(100_000, 1_000),
         }

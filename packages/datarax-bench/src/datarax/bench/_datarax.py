@@ -1,0 +1,204 @@
+"""``Datarax`` (iteration) and ``Datarax-scan`` (``Pipeline.scan``) adapters.
+
+Both build the same :class:`~datarax.Pipeline` from a scenario with the same seed,
+so they serve the same records with the same augmentation randomness; they differ
+only in how the batches are consumed: a Python ``for`` loop, or one compiled loop
+whose step is :func:`~datarax.bench.reduce_batch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from datarax import Pipeline
+from datarax.bench._adapter import Adapter, Batch, IteratorAdapter, register_adapter
+from datarax.bench._floor import reduce_batch
+from datarax.bench._scenarios import SQUARE_SCALE, Scenario, apply_jax
+from datarax.operators import ElementOperator
+from datarax.sources import MemorySource, MixDataSourcesNode, StreamingDiskSource
+
+
+def build_pipeline(
+    scenario: Scenario,
+    data: list[dict[str, np.ndarray]],
+    workdir: Path,
+    *,
+    seed: int = 0,
+) -> Pipeline:
+    """The datarax pipeline that does ``scenario``'s work, endless.
+
+    ``MemorySource`` over the records, ``StreamingDiskSource`` over the ``.npy``
+    files in ``workdir`` (``on_disk``), ``MixDataSourcesNode`` of one
+    ``MemorySource`` per source (``mix_weights``); the transforms as one
+    ``ElementOperator`` (stochastic ones take the record's key), or for ``dag``
+    two ``ElementOperator`` branches and a merge wired by ``Pipeline.from_dag``.
+
+    Args:
+        scenario: the work.
+        data: ``scenario.data(variant)``.
+        workdir: the folder holding the ``.npy`` files of an ``on_disk`` scenario.
+        seed: seeds the shuffle order and the per-record keys.
+
+    Returns:
+        A pipeline with ``num_epochs=None``.
+    """
+    if scenario.on_disk:
+        source = StreamingDiskSource(workdir)
+    elif scenario.mix_weights is not None:
+        source = MixDataSourcesNode(
+            [MemorySource(d) for d in data], scenario.mix_weights
+        )
+    else:
+        source = MemorySource(data[0])
+    common: dict[str, Any] = {
+        "batch_size": scenario.batch_size,
+        "shuffle": scenario.shuffle,
+        "num_epochs": None,
+        "rngs": nnx.Rngs(seed),
+    }
+    if scenario.dag:
+        return Pipeline.from_dag(
+            source=source,
+            nodes={
+                "affine": ElementOperator(_affine(scenario)),
+                "square": ElementOperator(_square),
+                "merge": _concatenate,
+            },
+            edges={"affine": [], "square": [], "merge": ["affine", "square"]},
+            sink="merge",
+            **common,
+        )
+    stages = []
+    if scenario.ops:
+        stages.append(
+            ElementOperator(_transform(scenario), stochastic=scenario.stochastic)
+        )
+    return Pipeline(source=source, stages=stages, **common)
+
+
+def _transform(scenario: Scenario):
+    def transform(record, key):
+        return apply_jax(scenario, record, key)
+
+    return transform
+
+
+def _affine(scenario: Scenario):
+    def affine(record, key):
+        x = record["features"].astype(jnp.float32)
+        return {"features": x * scenario.scale + scenario.shift}
+
+    return affine
+
+
+def _square(record, key):
+    x = record["features"].astype(jnp.float32)
+    return {"features": x * x * SQUARE_SCALE}
+
+
+def _concatenate(a: Batch, b: Batch) -> Batch:
+    return {"features": jnp.concatenate([a["features"], b["features"]], axis=-1)}
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def _source_name(scenario: Scenario) -> str:
+    if scenario.on_disk:
+        return "StreamingDiskSource"
+    if scenario.mix_weights is not None:
+        return "MixDataSourcesNode(MemorySource x3)"
+    return "MemorySource"
+
+
+@register_adapter
+class DataraxAdapter(IteratorAdapter):
+    """Datarax by Python iteration: ``for batch in pipeline``.
+
+    Args:
+        seed: the pipeline's seed (``nnx.Rngs(seed)``).
+    """
+
+    name = "Datarax"
+    kind = "datarax"
+    modules = ()
+
+    def __init__(self, *, seed: int = 0):
+        self._seed = seed
+        self._settings: dict[str, Any] = {}
+
+    def setup(
+        self,
+        scenario: Scenario,
+        variant: str,
+        data: list[dict[str, np.ndarray]],
+        workdir: Path,
+    ) -> None:
+        """Builds the pipeline (see :func:`build_pipeline`)."""
+        self._pipe = build_pipeline(scenario, data, workdir, seed=self._seed)
+        self._settings = {"mode": "iteration", "source": _source_name(scenario)}
+
+    def settings(self) -> dict[str, Any]:
+        """How the pipeline is consumed and what it reads."""
+        return dict(self._settings)
+
+    def make_iterator(self) -> Iterator[Batch]:
+        """The pipeline's own iterator (endless)."""
+        return iter(self._pipe)
+
+
+@register_adapter
+class DataraxScanAdapter(Adapter):
+    """Datarax by ``Pipeline.scan`` with :func:`reduce_batch` as the step.
+
+    The same pipeline as :class:`DataraxAdapter`; every ``run`` is one compiled
+    call, cached after the first (default unroll).
+
+    Args:
+        seed: the pipeline's seed (``nnx.Rngs(seed)``).
+    """
+
+    name = "Datarax-scan"
+    kind = "datarax"
+    modules = ()
+
+    def __init__(self, *, seed: int = 0):
+        self._seed = seed
+        self._settings: dict[str, Any] = {}
+
+    def setup(
+        self,
+        scenario: Scenario,
+        variant: str,
+        data: list[dict[str, np.ndarray]],
+        workdir: Path,
+    ) -> None:
+        """Builds the pipeline (see :func:`build_pipeline`)."""
+        self._pipe = build_pipeline(scenario, data, workdir, seed=self._seed)
+        self._batch_size = scenario.batch_size
+        self._settings = {
+            "mode": "Pipeline.scan(reduce_batch)",
+            "source": _source_name(scenario),
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """How the pipeline is consumed and what it reads."""
+        return dict(self._settings)
+
+    def run(self, num_batches: int) -> int:
+        """One ``Pipeline.scan`` of ``num_batches`` steps; returns records."""
+        jax.block_until_ready(self._pipe.scan(reduce_batch, length=num_batches))
+        return num_batches * self._batch_size
+
+    def batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:
+        """The next batches, as the stacked outputs of an identity-step scan."""
+        stacked = jax.device_get(self._pipe.scan(_identity, length=num_batches))
+        return [{name: x[i] for name, x in stacked.items()} for i in range(num_batches)]

@@ -1,0 +1,112 @@
+"""Every installed adapter serves the scenario's batches; Datarax = Datarax-scan."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from datarax.bench import ADAPTERS, SCENARIOS, apply_numpy, output_spec
+from datarax.bench._floor import UNROLLS
+from datarax.bench._scenarios import Variant
+
+NUM_RECORDS = 256
+
+
+def small(scenario_id, **changes):
+    return dataclasses.replace(
+        SCENARIOS[scenario_id], variants={"tiny": Variant(NUM_RECORDS, 2)}, **changes
+    )
+
+
+def options(name):
+    # The Floor's unroll search compiles four loops; one is enough for shapes.
+    return {"unroll": 1} if name == "Floor" else {}
+
+
+@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_adapter_serves_the_records_and_shapes_of_the_floor(set_up, name, scenario_id):
+    # Against output_spec, which the Floor (one of ADAPTERS) is held to as well.
+    scenario = small(scenario_id)
+    adapter = set_up(name, scenario, **options(name))
+    batches = adapter.batches(3)
+    assert adapter.run(2) == 2 * scenario.batch_size
+    spec = output_spec(scenario)
+    assert len(batches) == 3
+    for batch in batches:
+        assert batch.keys() == spec.keys()
+        for field, (shape, dtype) in spec.items():
+            assert batch[field].shape == (scenario.batch_size, *shape), field
+            assert str(batch[field].dtype) == dtype, field
+
+
+def assert_same_records(left, right):
+    assert len(left) == len(right)
+    for a, b in zip(left, right, strict=True):
+        assert a.keys() == b.keys()
+        for field in a:
+            if np.issubdtype(a[field].dtype, np.integer):
+                np.testing.assert_array_equal(a[field], b[field])
+            else:
+                # XLA fuses a scan body and an iteration chunk differently.
+                np.testing.assert_allclose(a[field], b[field], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
+def test_datarax_and_datarax_scan_serve_the_same_records(set_up, scenario_id):
+    scenario = small(scenario_id)
+    iteration = set_up("Datarax", scenario)
+    scan = set_up("Datarax-scan", scenario)
+    assert_same_records(iteration.batches(3), scan.batches(3))
+    # Both go on along one stream: after runs of different lengths, still equal.
+    iteration.run(2)
+    scan.run(2)
+    assert_same_records(iteration.batches(2), scan.batches(2))
+
+
+@pytest.mark.parametrize("name", ["Floor", "Datarax", "Datarax-scan", "NumPy-loop"])
+@pytest.mark.parametrize("scenario_id", ["NLP-1", "TAB-1", "PC-2", "IO-2"])
+def test_unshuffled_first_batch_is_the_first_records_transformed(
+    set_up, name, scenario_id
+):
+    scenario = small(scenario_id)
+    first = set_up(name, scenario, **options(name)).batches(1)[0]
+    records = {k: v[: scenario.batch_size] for k, v in scenario.data("tiny")[0].items()}
+    expected = apply_numpy(scenario, records, np.random.default_rng(0))
+    for field, value in expected.items():
+        np.testing.assert_allclose(first[field], value, rtol=1e-6, atol=1e-6)
+
+
+def test_floor_shuffle_serves_each_record_once_per_epoch(set_up):
+    scenario = small("NLP-1", shuffle=True, batch_size=32)
+    floor = set_up("Floor", scenario, unroll=2)
+    served = np.concatenate([b["tokens"] for b in floor.batches(16)])  # 2 epochs
+    tokens = scenario.data("tiny")[0]["tokens"]
+    rank = {row.tobytes(): i for i, row in enumerate(tokens)}
+    order = [rank[row.tobytes()] for row in served]
+    first, second = order[:NUM_RECORDS], order[NUM_RECORDS:]
+    assert sorted(first) == sorted(second) == list(range(NUM_RECORDS))
+    assert first != second != list(range(NUM_RECORDS))
+
+
+def test_floor_mix_draws_every_source_by_weight(set_up):
+    scenario = small("IO-3")
+    floor = set_up("Floor", scenario, unroll=1)
+    served = np.concatenate([b["tokens"] for b in floor.batches(30)])
+    owner = {
+        row.tobytes(): source
+        for source, data in enumerate(scenario.data("tiny"))
+        for row in data["tokens"]
+    }
+    counts = np.bincount([owner[row.tobytes()] for row in served], minlength=3)
+    np.testing.assert_allclose(counts / counts.sum(), [0.5, 0.3, 0.2], atol=0.06)
+
+
+def test_floor_times_every_unroll_and_keeps_the_fastest(set_up):
+    floor = set_up("Floor", small("NLP-1"))
+    settings = floor.settings()
+    assert settings["unroll"] in UNROLLS
+    timed = {u: settings[f"unroll {u} ms"] for u in UNROLLS}
+    assert timed[settings["unroll"]] == min(timed.values())

@@ -1,0 +1,70 @@
+"""Scenario data and transforms: deterministic, and the same in NumPy and JAX."""
+
+from __future__ import annotations
+
+import zlib
+
+import jax
+import numpy as np
+import pytest
+
+from datarax.bench import SCENARIOS, apply_jax, apply_numpy, output_spec
+
+
+@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
+def test_data_is_the_same_on_every_call(scenario_id):
+    scenario = SCENARIOS[scenario_id]
+    first, second = scenario.data("tiny"), scenario.data("tiny")
+    assert len(first) == len(second) == (3 if scenario.mix_weights else 1)
+    for a, b in zip(first, second, strict=True):
+        assert a.keys() == b.keys() == scenario.fields.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_data_is_pinned_across_versions():
+    # Figures of different releases compare only if the records do not move.
+    tokens = SCENARIOS["NLP-1"].data("tiny")[0]["tokens"]
+    assert tokens.shape == (1000, 128) and tokens.dtype == np.int32
+    assert zlib.crc32(tokens.tobytes()) == PINNED_NLP1_TINY
+
+
+PINNED_NLP1_TINY = 3661885196  # datarax-bench 0.1.0
+
+
+def test_every_scenario_has_tiny_small_and_full_variants():
+    for scenario in SCENARIOS.values():
+        assert {"tiny", "small", "full"} <= scenario.variants.keys()
+        assert scenario.variants["small"].num_records == 10_000
+
+
+def test_mix_sources_hold_records_in_proportion_to_the_weights():
+    sizes = [len(d["tokens"]) for d in SCENARIOS["IO-3"].data("small")]
+    assert sizes == [5000, 3000, 2000]
+
+
+@pytest.mark.parametrize("scenario_id", [s for s in SCENARIOS if s != "AUG-1"])
+def test_numpy_and_jax_transforms_agree(scenario_id):
+    scenario = SCENARIOS[scenario_id]
+    records = {k: v[:8] for k, v in scenario.data("tiny")[0].items()}
+    expected = apply_numpy(scenario, records, np.random.default_rng(0))
+    got = jax.vmap(lambda r: apply_jax(scenario, r, None))(records)
+    spec = output_spec(scenario)
+    assert expected.keys() == got.keys() == spec.keys()
+    for name, (shape, dtype) in spec.items():
+        assert expected[name].shape == got[name].shape == (8, *shape)
+        assert str(expected[name].dtype) == str(got[name].dtype) == dtype
+        np.testing.assert_allclose(expected[name], got[name], rtol=1e-6, atol=1e-6)
+
+
+def test_stochastic_transforms_keep_the_spec_and_change_the_values():
+    scenario = SCENARIOS["AUG-1"]
+    records = {k: v[:4] for k, v in scenario.data("tiny")[0].items()}
+    host = apply_numpy(scenario, records, np.random.default_rng(0))
+    keys = jax.random.split(jax.random.key(0), 4)
+    device = jax.vmap(lambda r, k: apply_jax(scenario, r, k))(records, keys)
+    plain = records["image"].astype(np.float32) * scenario.scale + scenario.shift
+    for batch in (host, device):
+        assert batch["image"].shape == (4, 32, 32, 3)
+        assert str(batch["image"].dtype) == "float32"
+        assert not np.allclose(np.asarray(batch["image"]), plain)
