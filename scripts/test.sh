@@ -8,9 +8,11 @@ source scripts/_env.sh
 export JAX_PLATFORMS=cpu
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # tests never download
 
-suite() {  # VENV
-  "$1/bin/python" -m pytest -q -n 2 tests \
-    --doctest-modules packages/datarax-core/src packages/datarax-sources/src
+suite() {  # VENV [pytest args...]
+  local venv="$1"
+  shift
+  "$venv/bin/python" -m pytest -q -n 2 tests \
+    --doctest-modules packages/datarax-core/src packages/datarax-sources/src "$@"
 }
 
 # The benchmark peers go into the first environment only, and only on 3.11:
@@ -38,7 +40,9 @@ if [ "$(python3 -c 'import sys; print(sys.version_info[:2] == (3, 12))')" = True
 elif [ -n "$py312" ]; then
   ensure_env "$py312" .venv312
   echo "== tests on $(.venv312/bin/python --version)"
-  suite .venv312
+  # The wheel and fresh-venv checks (marked slow) ran on the first Python; they
+  # build and install the same wheels, so the second run leaves them out.
+  suite .venv312 -m "not slow"
 else
   echo "== Python 3.12 run skipped: no Python 3.12 found under pyenv"
 fi

@@ -108,10 +108,12 @@ class EagerSourceBase(OrderedSource):
             offset = start % self.length
             windows = [_window(a, offset, batch_size) for a in arrays]
             return dict(zip(self.names, windows, strict=True))
-        index = record_indices(plan, start, batch_size, self.length)
+        return self._gather(record_indices(plan, start, batch_size, self.length))
+
+    def _gather(self, index: jax.Array) -> Batch:
         return {
-            name: jnp.take(array, index, axis=0, mode="clip")
-            for name, array in zip(self.names, arrays, strict=True)
+            name: jnp.take(var[...], index, axis=0, mode="clip")
+            for name, var in zip(self.names, self.arrays, strict=True)
         }
 
 

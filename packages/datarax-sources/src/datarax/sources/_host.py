@@ -49,7 +49,9 @@ class HostSourceBase(OrderedSource):
     def _read(
         self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None
     ) -> Batch:
-        index = record_indices(plan, start, batch_size, self.length)
+        return self.read_records(record_indices(plan, start, batch_size, self.length))
+
+    def _gather(self, index: jax.Array) -> Batch:
         return self.read_records(index)
 
     def read_records(self, index: jax.Array) -> Batch:

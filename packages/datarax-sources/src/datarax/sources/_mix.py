@@ -13,7 +13,7 @@ from flax import nnx
 
 from datarax.core import Batch, DataSource, ElementSpec
 from datarax.core._source import fold_in_host
-from datarax.sources._order import mix_bits
+from datarax.sources._order import OrderedSource, mix_bits
 
 #: Positions per block; every block holds a fixed quota of each source.
 DEFAULT_BLOCK_SIZE = 1000
@@ -217,7 +217,12 @@ class MixDataSourcesNode(DataSource):
             child, child_plan, child_key = self.sources[i], plan.children[i], keys[i]
 
             def read(position):
-                one = child._read(child_plan, position, 1, child_key)
+                if isinstance(child, OrderedSource):
+                    # A table lookup and a gather: under vmap they batch into one
+                    # gather over the batch, where _read's window costs several.
+                    one = child._read_at(child_plan, position[None], child_key)
+                else:
+                    one = child._read(child_plan, position, 1, child_key)
                 return {name: value[0] for name, value in one.items()}
 
             return read

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from datarax.core import DataSource
+from datarax.core import Batch, DataSource
 
 
 class OrderPlan(NamedTuple):
@@ -161,6 +161,19 @@ def record_indices(
     return jax.lax.dynamic_slice(plan.table, (start - plan.table_start,), (count,))
 
 
+def position_indices(
+    plan: OrderPlan | None, positions: jax.Array, length: int
+) -> jax.Array:
+    """Record index at each of ``positions`` (any stream positions in the plan).
+
+    Positions outside the plan's window clip to its edge: callers that read more
+    positions than they keep (the mixer) discard those records.
+    """
+    if plan is None:
+        return positions % length
+    return jnp.take(plan.table, positions - plan.table_start, mode="clip")
+
+
 class OrderedSource(DataSource):
     """Base for sources of ``length`` records served in the shared order.
 
@@ -189,3 +202,19 @@ class OrderedSource(DataSource):
         host_plan: Any = None,
     ) -> OrderPlan | None:
         return plan_order(start, num_records, self.length, key, host_plan)
+
+    def _read_at(
+        self, plan: OrderPlan | None, positions: jax.Array, key: jax.Array | None
+    ) -> Batch:
+        """The records at arbitrary stream ``positions`` (int32 ``[n]``).
+
+        For readers that pick positions themselves (the mixer): one vectorised
+        lookup and one :meth:`_gather`, where a read per position would cost a
+        kernel each.
+        """
+        del key  # the plan already holds the order the key chose
+        return self._gather(position_indices(plan, positions, self.length))
+
+    def _gather(self, index: jax.Array) -> Batch:
+        """The records at record indices ``index`` (int32 ``[n]``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _gather.")
