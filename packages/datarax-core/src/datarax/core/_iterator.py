@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 #: buffer of the compiled chunk; on XLA:CPU the cost per output jumps past about 8
 #: kernels (16 token batches took 9.6 us each to serve, 6 took 8.0 us).
 MAX_CHUNK = 6
+#: The same for sources that read through a host callback.
+MAX_HOST_CHUNK = 16
 #: ... and at most this many bytes of them are held at once.
 CHUNK_BYTES = 32 * 2**20
 
@@ -176,7 +178,12 @@ def _chunk_program(pipe: Pipeline) -> tuple[Program, int]:
     def build(spec, compiled, graph):
         stateful, shapes = probe_batch(graph)
         batch_bytes = max(1, nbytes(shapes))
-        chunk = 1 if stateful else max(1, min(MAX_CHUNK, CHUNK_BYTES // batch_bytes))
+        most = MAX_CHUNK
+        if pipe.source._steps_per_read(pipe.batch_size) > 1:
+            # A source whose every read costs a host callback (50-100 us) gains
+            # more from fewer reads than it loses to extra output buffers.
+            most = MAX_HOST_CHUNK
+        chunk = 1 if stateful else max(1, min(most, CHUNK_BYTES // batch_bytes))
         compiled.length = chunk
         return build_chunk(spec, compiled, length=chunk)
 
