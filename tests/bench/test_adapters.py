@@ -88,7 +88,8 @@ def test_floor_shuffle_serves_each_record_once_per_epoch(set_up):
     order = [rank[row.tobytes()] for row in served]
     first, second = order[:NUM_RECORDS], order[NUM_RECORDS:]
     assert sorted(first) == sorted(second) == list(range(NUM_RECORDS))
-    assert first != second != list(range(NUM_RECORDS))
+    assert first != second
+    assert first != list(range(NUM_RECORDS))
 
 
 def test_floor_mix_draws_every_source_by_weight(set_up):

@@ -119,3 +119,26 @@ def test_import_loads_no_peer_and_no_matplotlib():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_compare_counts_a_loader_that_now_fails_and_refuses_mixed_variants(
+    tiny_run, tmp_path, capsys
+):
+    results = json.loads((tiny_run / "results.json").read_text())
+    crashed = json.loads(json.dumps(results))
+    row = next(r for r in crashed["rows"] if r["adapter"] == "Datarax-scan")
+    row["status"] = "error"
+    folder = tmp_path / "crashed"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(crashed))
+    assert main(["compare", str(tiny_run), str(folder)]) == 1
+    assert "measured before, not after: NLP-1 Datarax-scan (error)" in (
+        capsys.readouterr().out
+    )
+    results["variant"] = "small"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps(results))
+    assert main(["compare", str(tiny_run), str(other)]) == 2
+    assert "different variants" in capsys.readouterr().err
+    assert main(["compare", str(tiny_run), str(tiny_run), "--max-growth", "0"]) == 2

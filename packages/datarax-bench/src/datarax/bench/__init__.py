@@ -29,10 +29,7 @@ from datarax.bench._datarax import (
     DataraxScanAdapter as DataraxScanAdapter,
     build_pipeline as build_pipeline,
 )
-from datarax.bench._floor import (
-    FloorAdapter as FloorAdapter,
-    reduce_batch as reduce_batch,
-)
+from datarax.bench._floor import FloorAdapter as FloorAdapter
 from datarax.bench._measure import measure_cell as measure_cell
 from datarax.bench._numpy_loop import NumPyLoopAdapter as NumPyLoopAdapter
 from datarax.bench._report import render_report as render_report
@@ -45,6 +42,7 @@ from datarax.bench._scenarios import (
     apply_jax as apply_jax,
     apply_numpy as apply_numpy,
     output_spec as output_spec,
+    reduce_batch as reduce_batch,
 )
 
 # isort: off

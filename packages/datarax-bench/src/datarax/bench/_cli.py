@@ -128,14 +128,30 @@ def _report(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from datarax.bench import compare_results, load_results
+    from datarax.bench._compare import lost_rows
 
+    if not args.max_growth > 0:
+        print(
+            f"datarax-bench compare: --max-growth must be > 0, got {args.max_growth}.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         before, after = load_results(args.before), load_results(args.after)
     except (FileNotFoundError, ValueError) as err:
         print(f"datarax-bench compare: {err}", file=sys.stderr)
         return 2
+    variants = before.get("variant"), after.get("variant")
+    if variants[0] != variants[1]:
+        print(
+            f"datarax-bench compare: the runs measured different variants "
+            f"{variants[0]!r} and {variants[1]!r}; compare runs of one variant.",
+            file=sys.stderr,
+        )
+        return 2
+    lost = lost_rows(before, after)
     changes = compare_results(before, after)
-    if not changes:
+    if not changes and not lost:
         print(
             "datarax-bench compare: no adapter x scenario was measured in both runs.",
             file=sys.stderr,
@@ -148,11 +164,14 @@ def _compare(args: argparse.Namespace) -> int:
             f"{change.scenario:<6} {change.adapter:<20} {change.before:7.2f}x -> "
             f"{change.after:7.2f}x floor ({change.growth:.2f}x){flag}"
         )
+    if lost:
+        print("measured before, not after: " + ", ".join(lost))
     if grown:
         print(
             f"{len(grown)} ratio(s) to Floor grew by more than {args.max_growth:g}x: "
             + ", ".join(f"{c.scenario} {c.adapter}" for c in grown)
         )
+    if grown or lost:
         return 1
     print(f"no ratio to Floor grew by more than {args.max_growth:g}x.")
     return 0

@@ -52,3 +52,16 @@ def compare_results(before: dict[str, Any], after: dict[str, Any]) -> list[Ratio
         and (key := (r["scenario"], r["adapter"])) in old
         and old[key] > 0
     ]
+
+
+def lost_rows(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Adapter x scenario pairs measured (ok) before that failed or skipped after.
+
+    A loader that now crashes is a regression too, not a row to leave out.
+    """
+    old = {(r["scenario"], r["adapter"]) for r in before["rows"] if r["status"] == "ok"}
+    return [
+        f"{r['scenario']} {r['adapter']} ({r['status']})"
+        for r in after["rows"]
+        if r["status"] != "ok" and (r["scenario"], r["adapter"]) in old
+    ]

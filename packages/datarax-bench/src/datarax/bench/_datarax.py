@@ -19,8 +19,7 @@ from flax import nnx
 
 from datarax import Pipeline
 from datarax.bench._adapter import Adapter, Batch, IteratorAdapter, register_adapter
-from datarax.bench._floor import reduce_batch
-from datarax.bench._scenarios import SQUARE_SCALE, Scenario, apply_jax
+from datarax.bench._scenarios import SQUARE_SCALE, Scenario, apply_jax, reduce_batch
 from datarax.operators import ElementOperator
 from datarax.sources import MemorySource, MixDataSourcesNode, StreamingDiskSource
 

@@ -22,35 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from datarax.bench._adapter import Adapter, register_adapter
-from datarax.bench._scenarios import Scenario, apply_jax
+from datarax.bench._scenarios import Scenario, apply_jax, reduce_batch
 
 #: The unroll factors the Floor tries; on XLA:CPU the factor alone can change an
 #: image loop's time tenfold, so the Floor takes the fastest.
 UNROLLS = (1, 2, 4, 8)
 _TUNING_CALLS = 3  # timed calls per unroll factor, after one that compiles
-
-
-def reduce_batch(batch: dict[str, jax.Array]) -> jax.Array:
-    """Sums every field of ``batch`` as float32: the step every scan measures.
-
-    Reducing each batch to a scalar keeps the loop's output small, so a compiled
-    loop cannot be timed on writing out the batches instead of making them.
-
-    Args:
-        batch: field name -> array.
-
-    Returns:
-        A float32 scalar.
-
-    Examples:
-        >>> import numpy as np
-        >>> reduce_batch({"x": np.ones((2, 3), np.int32)}).dtype
-        dtype('float32')
-    """
-    total = jnp.float32(0)
-    for leaf in jax.tree.leaves(batch):
-        total = total + leaf.astype(jnp.float32).sum()
-    return total
 
 
 @register_adapter

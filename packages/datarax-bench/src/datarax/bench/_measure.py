@@ -228,5 +228,8 @@ def measure_cell(
     row["records_per_s"] = expected / median
     row["x_floor"] = median / row["floor"]["median_s"]
     if cls.kind in ("hand", "peer"):
-        row["copy_s_per_batch"] = _copy_seconds(scenario)
+        try:
+            row["copy_s_per_batch"] = _copy_seconds(scenario)
+        except Exception as err:  # a note's input, never worth losing the row
+            row["copy_error"] = f"{type(err).__name__}: {err}"
     return row

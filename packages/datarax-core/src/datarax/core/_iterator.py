@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -112,7 +112,7 @@ class StreamIterator:
 
     def __init__(self, pipe: Pipeline):
         self._pipe = pipe
-        self._records: Iterator[dict[str, np.ndarray]] | None = None
+        self._records: Generator[dict[str, np.ndarray]] | None = None
         self._position = -1  # where self._records continues
 
     def __iter__(self) -> StreamIterator:
@@ -124,8 +124,11 @@ class StreamIterator:
         batch_size = pipe.batch_size
         wanted = _records_due(pipe, position)
         if self._records is None or position != self._position:
+            if self._records is not None:
+                self._records.close()  # release the backend's reader now
             key = fold_in_host(pipe.key.get_raw_value(), 0) if pipe.shuffle else None
-            self._records = iter(pipe.source.host_batches(position, batch_size, key))
+            batches = pipe.source.host_batches(position, batch_size, key)
+            self._records = _generator(batches)
         raw = next(self._records, None)
         if raw is None:  # the iterable ended early: len(source) was too large
             raise RuntimeError(
@@ -149,6 +152,11 @@ class StreamIterator:
         pipe._write_position(position + wanted)
         self._position = position + wanted
         return batch
+
+
+def _generator(batches: Iterator) -> Generator:
+    """``batches`` as a generator, so that it can be closed when dropped."""
+    yield from batches
 
 
 def _records_due(pipe: Pipeline, position: int) -> int:

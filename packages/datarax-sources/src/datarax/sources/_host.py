@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from datarax.core import Batch
+from datarax.core._source import iteration_only_message
 from datarax.sources._order import OrderedSource, record_indices
 
 #: Bytes a compiled run reads per host callback.
@@ -60,6 +61,8 @@ class HostSourceBase(OrderedSource):
         Traceable; under ``jax.vmap`` the callback receives the whole batch of
         indices at once.
         """
+        if not self.random_access:  # an instance that turned iteration-only
+            raise TypeError(iteration_only_message(self, "get_batch_at"))
         spec = self.element_spec
         shapes = tuple(
             jax.ShapeDtypeStruct((*index.shape, *s.shape), s.dtype)

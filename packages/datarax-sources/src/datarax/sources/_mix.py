@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from datarax.core import Batch, DataSource, ElementSpec
-from datarax.core._source import fold_in_host
+from datarax.core._source import fold_in_host, iteration_only_message
 from datarax.sources._order import OrderedSource, mix_bits
 
 #: Positions per block; every block holds a fixed quota of each source.
@@ -94,6 +94,11 @@ class MixDataSourcesNode(DataSource):
                 raise TypeError(
                     f"MixDataSourcesNode: sources[{index}] is a "
                     f"{type(source).__name__}, not a datarax DataSource."
+                )
+            if not source.random_access:
+                raise TypeError(
+                    f"MixDataSourcesNode: sources[{index}] cannot be mixed; "
+                    + iteration_only_message(source, "mixing")
                 )
         weights = [float(w) for w in weights]
         if len(weights) != len(sources):

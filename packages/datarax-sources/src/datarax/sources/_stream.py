@@ -46,8 +46,10 @@ class IterableSourceBase(DataSource):
         """Full batches of the stream from position ``start``, epoch after epoch."""
         spec = self.element_spec
         epoch, skip = divmod(start, self.length)
-        pending: list[dict[str, np.ndarray]] = []
-        held = 0
+        # Records received but not yet served, joined once per chunk: a batch is
+        # a slice of it, so each record is copied about twice, whatever the
+        # ratio of chunk size to batch size.
+        held: dict[str, np.ndarray] | None = None
         while True:
             served = 0
             for chunk in self.iter_epoch(epoch, key_data, skip):
@@ -59,13 +61,16 @@ class IterableSourceBase(DataSource):
                         f"{type(self).__name__}: epoch {epoch} holds more than the "
                         f"{self.length} records the source declared."
                     )
-                pending.append(chunk)
-                held += size
-                while held >= batch_size:
-                    joined = {k: np.concatenate([c[k] for c in pending]) for k in spec}
-                    yield {k: v[:batch_size] for k, v in joined.items()}
-                    held -= batch_size
-                    pending = [{k: v[batch_size:] for k, v in joined.items()}]
+                if held is None:
+                    held = chunk
+                else:
+                    held = {k: np.concatenate([held[k], chunk[k]]) for k in spec}
+                count = len(next(iter(held.values())))
+                offset = 0
+                while count - offset >= batch_size:
+                    yield {k: v[offset : offset + batch_size] for k, v in held.items()}
+                    offset += batch_size
+                held = {k: v[offset:] for k, v in held.items()}
             if served != self.length - skip:
                 raise RuntimeError(
                     f"{type(self).__name__}: epoch {epoch} ended after "
