@@ -128,3 +128,12 @@ def test_a_stream_shorter_or_longer_than_declared_is_an_error():
     bad = ArrayStream(data(), spec={"label": ((2,), "int32"), "x": ((2,), "f4")})
     with pytest.raises(ValueError, match=r"field 'label' has records of shape \(\)"):
         list(build(bad))
+
+
+def test_a_mix_refuses_an_iteration_only_child():
+    from datarax.sources import MixDataSourcesNode
+
+    with pytest.raises(
+        TypeError, match=r"sources\[1\] cannot be mixed.*iteration-only"
+    ):
+        MixDataSourcesNode([MemorySource(data()), ArrayStream(data())], [1, 1])
