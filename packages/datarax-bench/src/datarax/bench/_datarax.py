@@ -193,9 +193,14 @@ class DataraxScanAdapter(Adapter):
         return dict(self._settings)
 
     def run(self, num_batches: int) -> int:
-        """One ``Pipeline.scan`` of ``num_batches`` steps; returns records."""
+        """One ``Pipeline.scan`` of ``num_batches`` steps; returns records.
+
+        The count is how far the pipeline's own stream position moved, so the
+        runner's check of records served holds scan to account too.
+        """
+        before = int(self._pipe.position[...])
         jax.block_until_ready(self._pipe.scan(reduce_batch, length=num_batches))
-        return num_batches * self._batch_size
+        return int(self._pipe.position[...]) - before
 
     def batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:
         """The next batches, as the stacked outputs of an identity-step scan."""
