@@ -12,8 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import psutil
@@ -48,27 +47,13 @@ def tiny(scenario_id: str, **changes: object) -> Scenario:
 
 
 @pytest.fixture
-def build(tmp_path: Path) -> Iterator[Callable[..., Adapter]]:
-    """Builds a peer adapter for a scenario (skips a missing peer); closes it."""
-    opened: list[Adapter] = []
+def build(set_up: Callable[..., Adapter]) -> Callable[..., Adapter]:
+    """Builds a peer adapter by class through conftest's ``set_up`` (closes it)."""
 
     def make(cls: type[Adapter], scenario: Scenario, **options: object) -> Adapter:
-        if (why := cls.missing()) is not None:
-            pytest.skip(why)
-        adapter = cls(**options)
-        if (why := adapter.unsupported(scenario)) is not None:
-            pytest.skip(f"{cls.name} cannot express {scenario.id}: {why}")
-        workdir = tmp_path / f"{cls.__name__}-{len(opened)}"
-        workdir.mkdir()
-        if scenario.on_disk:
-            scenario.write_npy(workdir, "tiny")
-        adapter.setup(scenario, "tiny", scenario.data("tiny"), workdir)
-        opened.append(adapter)
-        return adapter
+        return set_up(cls.name, scenario, **options)
 
-    yield make
-    for adapter in opened:
-        adapter.close()
+    return make
 
 
 def rows(batches: list[dict[str, np.ndarray]], name: str) -> np.ndarray:

@@ -118,17 +118,16 @@ def _source_name(scenario: Scenario) -> str:
     return "MemorySource"
 
 
-@register_adapter
-class DataraxAdapter(IteratorAdapter):
-    """Datarax by Python iteration: ``for batch in pipeline``.
+class _PipelineAdapter(Adapter):
+    """What both datarax adapters share: one pipeline built by the scenario.
 
     Args:
         seed: the pipeline's seed (``nnx.Rngs(seed)``).
     """
 
-    name = "Datarax"
     kind = "datarax"
     modules = ()
+    mode: str  # how the pipeline is consumed, for the report
 
     def __init__(self, *, seed: int = 0):
         self._seed = seed
@@ -143,11 +142,23 @@ class DataraxAdapter(IteratorAdapter):
     ) -> None:
         """Builds the pipeline (see :func:`build_pipeline`)."""
         self._pipe = build_pipeline(scenario, data, workdir, seed=self._seed)
-        self._settings = {"mode": "iteration", "source": _source_name(scenario)}
+        self._settings = {"mode": self.mode, "source": _source_name(scenario)}
 
     def settings(self) -> dict[str, Any]:
         """How the pipeline is consumed and what it reads."""
         return dict(self._settings)
+
+
+@register_adapter
+class DataraxAdapter(_PipelineAdapter, IteratorAdapter):
+    """Datarax by Python iteration: ``for batch in pipeline``.
+
+    Args:
+        seed: the pipeline's seed (``nnx.Rngs(seed)``).
+    """
+
+    name = "Datarax"
+    mode = "iteration"
 
     def make_iterator(self) -> Iterator[Batch]:
         """The pipeline's own iterator (endless)."""
@@ -155,7 +166,7 @@ class DataraxAdapter(IteratorAdapter):
 
 
 @register_adapter
-class DataraxScanAdapter(Adapter):
+class DataraxScanAdapter(_PipelineAdapter):
     """Datarax by ``Pipeline.scan`` with :func:`reduce_batch` as the step.
 
     The same pipeline as :class:`DataraxAdapter`; every ``run`` is one compiled
@@ -166,31 +177,7 @@ class DataraxScanAdapter(Adapter):
     """
 
     name = "Datarax-scan"
-    kind = "datarax"
-    modules = ()
-
-    def __init__(self, *, seed: int = 0):
-        self._seed = seed
-        self._settings: dict[str, Any] = {}
-
-    def setup(
-        self,
-        scenario: Scenario,
-        variant: str,
-        data: list[dict[str, np.ndarray]],
-        workdir: Path,
-    ) -> None:
-        """Builds the pipeline (see :func:`build_pipeline`)."""
-        self._pipe = build_pipeline(scenario, data, workdir, seed=self._seed)
-        self._batch_size = scenario.batch_size
-        self._settings = {
-            "mode": "Pipeline.scan(reduce_batch)",
-            "source": _source_name(scenario),
-        }
-
-    def settings(self) -> dict[str, Any]:
-        """How the pipeline is consumed and what it reads."""
-        return dict(self._settings)
+    mode = "Pipeline.scan(reduce_batch)"
 
     def run(self, num_batches: int) -> int:
         """One ``Pipeline.scan`` of ``num_batches`` steps; returns records.

@@ -338,15 +338,21 @@ def build_chunk(spec: GraphSpec, compiled: Compiled, *, length: int) -> Callable
             spec, carry_values, data_values, length, host_plan
         )
         batches = nodes[0]._batches(plan, start, length, keys)
-        new = spec.carried(nodes)
-        compiled.changed = tuple(
-            i
-            for i, (a, b) in enumerate(zip(new, carry_values, strict=True))
-            if a is not b
-        )
-        return [new[i] for i in compiled.changed], batches
+        return _changed(compiled, spec.carried(nodes), carry_values), batches
 
     return run
+
+
+def _changed(compiled: Compiled, new: list, carry_values: list) -> list:
+    """The carried values a traced step changed, recorded on ``compiled``.
+
+    An untouched Variable leaves the step as the very tracer that went in, so
+    identity tells which values to return (and later write back).
+    """
+    compiled.changed = tuple(
+        i for i, (a, b) in enumerate(zip(new, carry_values, strict=True)) if a is not b
+    )
+    return [new[i] for i in compiled.changed]
 
 
 def build_apply(spec: GraphSpec, compiled: Compiled) -> Callable:
@@ -361,13 +367,7 @@ def build_apply(spec: GraphSpec, compiled: Compiled) -> Callable:
         nodes = spec.merge(carry_values, data_values)
         pipe: Pipeline = nodes[0]
         batch = pipe._apply_local(raw, start, pipe._run_keys())
-        new = spec.carried(nodes)
-        compiled.changed = tuple(
-            i
-            for i, (a, b) in enumerate(zip(new, carry_values, strict=True))
-            if a is not b
-        )
-        return [new[i] for i in compiled.changed], batch
+        return _changed(compiled, spec.carried(nodes), carry_values), batch
 
     return run
 
