@@ -396,7 +396,7 @@ def test_scan_cache_never_runs_a_stale_body_for_a_recycled_id(tokens):
 
 
 def test_scan_cache_key_and_step_fn_reference(tokens):
-    from datarax.core._pipeline import _PROGRAMS
+    from datarax.core._compiled import _PROGRAMS
 
     pipe = make(tokens, batch_size=4, num_epochs=None)
 
@@ -404,11 +404,11 @@ def test_scan_cache_key_and_step_fn_reference(tokens):
         return b["label"].sum()
 
     pipe.scan(step, length=2)
-    keys = [k for k in _PROGRAMS[pipe] if k[0] == "scan"]
+    keys = [k for k in _PROGRAMS[pipe].keys() if k[0] == "scan"]
     assert len(keys) == 1
     kind, fn_id, length, num_modules, has_carry, _ = keys[0]
     assert (fn_id, length, num_modules, has_carry) == (id(step), 2, 0, False)
-    assert _PROGRAMS[pipe][keys[0]].owner is step
+    assert _PROGRAMS[pipe].get(keys[0]).owner is step
 
 
 def test_scan_sees_a_structural_change_between_calls(tokens):

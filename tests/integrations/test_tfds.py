@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from datarax import Pipeline  # noqa: E402
+from datarax import IterableSource, Pipeline  # noqa: E402
 from datarax.checkpoint import load_state_dict, state_dict  # noqa: E402
 from datarax.integrations.tfds import TFDSSource, TFDSStreamingSource  # noqa: E402
 from datarax.sources import MemorySource  # noqa: E402
@@ -459,7 +459,7 @@ def test_streaming_iterates_a_tfrecord_builder(tfrecord_dir, reference):
         source = TFDSStreamingSource(
             "datarax_tiny", split="train", data_dir=tfrecord_dir
         )
-        assert not source.random_access
+        assert isinstance(source, IterableSource)
         return Pipeline(
             source=source,
             batch_size=batch_size,

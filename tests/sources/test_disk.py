@@ -91,7 +91,7 @@ def test_scan_reading_many_steps_per_callback_keeps_the_stream(tmp_path, monkeyp
     folder = write(tmp_path / "d", **fields(17))
     monkeypatch.setattr(_host, "READ_BYTES", 3 * 2 * 32)  # 3 steps per read
     source = StreamingDiskSource(folder)
-    assert source._steps_per_read(2) == 3
+    assert source.steps_per_read(2) == 3
 
     def build(src):
         return Pipeline(source=src, batch_size=2, shuffle=True, num_epochs=None)

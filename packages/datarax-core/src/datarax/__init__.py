@@ -16,11 +16,30 @@ __path__ = pkgutil.extend_path(__path__, __name__)
 
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 
-from datarax.core import Batch, DataSource, DataVar, ElementSpec, Pipeline  # noqa: E402
+from datarax.core import (  # noqa: E402
+    Batch,
+    DataSource,
+    DataVar,
+    ElementSpec,
+    IterableSource,
+    Pipeline,
+    PlannedSource,
+    SourceBase,
+)
 
 try:
     __version__ = version("datarax-core")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["Batch", "DataSource", "DataVar", "ElementSpec", "Pipeline", "__version__"]
+__all__ = [
+    "Batch",
+    "DataSource",
+    "DataVar",
+    "ElementSpec",
+    "IterableSource",
+    "Pipeline",
+    "PlannedSource",
+    "SourceBase",
+    "__version__",
+]

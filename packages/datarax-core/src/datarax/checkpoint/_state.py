@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from datarax.core._pipeline import Pipeline
-from datarax.core._source import DataVar
+from datarax.checkpoint._fingerprint import construction
+from datarax.core import DataVar, Pipeline
 
 CONSTRUCTION = "__construction__"
 """Key under which a module's entry records the construction of its pipelines."""
@@ -55,7 +55,7 @@ def state_dict(*modules: nnx.Pytree) -> StateDict:
         pure = nnx.to_pure_dict(nnx.state(module, nnx.Not(DataVar)))
         entry = _to_numpy(pure)
         constructions = {
-            path: _as_arrays(pipe._construction()) for path, pipe in _pipelines(module)
+            path: _as_arrays(construction(pipe)) for path, pipe in _pipelines(module)
         }
         if constructions:
             entry[CONSTRUCTION] = constructions
@@ -168,7 +168,7 @@ def _check_construction(module: nnx.Pytree, saved: Mapping, index: int) -> None:
         if record is None:
             problems.append(f"pipeline at {path!r} is not in the checkpoint")
             continue
-        for field, value in pipe._construction().items():
+        for field, value in construction(pipe).items():
             old = np.asarray(record[field]).item() if field in record else None
             if old != value:
                 problems.append(f"{field}: {old!r} in the checkpoint, {value!r} here")

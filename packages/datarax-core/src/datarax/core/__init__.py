@@ -1,6 +1,29 @@
-"""The core of datarax: the data model, :class:`Pipeline` and its compiled runs."""
+"""The core of datarax: the data model, the source protocol, :class:`Pipeline`."""
 
+from datarax.core._iterable import IterableSource
+from datarax.core._keys import as_key, fold_in_host
 from datarax.core._pipeline import Pipeline, StreamVar
-from datarax.core._source import Batch, DataSource, DataVar, ElementSpec
+from datarax.core._scan import default_unroll
+from datarax.core._source import (
+    Batch,
+    DataSource,
+    DataVar,
+    ElementSpec,
+    PlannedSource,
+    SourceBase,
+)
 
-__all__ = ["Batch", "DataSource", "DataVar", "ElementSpec", "Pipeline", "StreamVar"]
+__all__ = [
+    "Batch",
+    "DataSource",
+    "DataVar",
+    "ElementSpec",
+    "IterableSource",
+    "Pipeline",
+    "PlannedSource",
+    "SourceBase",
+    "StreamVar",
+    "as_key",
+    "default_unroll",
+    "fold_in_host",
+]

@@ -2,10 +2,11 @@
 
 ``nnx.jit``, ``nnx.split`` and ``nnx.update`` cost 100-420 us per call, more than a
 whole batch of many workloads. A :class:`Program` therefore flattens the pipeline
-and the user's modules once, keeps their live ``Variable`` objects, and on every
-call hands their raw values to one cached ``jax.jit`` function and writes back the
-new ones: the semantics of ``nnx.scan`` lifting every module as carry (with the
-dataset's :class:`DataVar` broadcast), at the cost of a plain ``jax.jit`` dispatch.
+and the user's modules once, keeps their live ``Variable`` objects (and plain
+array attributes, which nnx treats as state too), and on every call hands their
+raw values to one cached ``jax.jit`` function and writes back the new ones: the
+semantics of ``nnx.scan`` lifting every module as carry (with the dataset's
+:class:`DataVar` broadcast), at the cost of a plain ``jax.jit`` dispatch.
 
 The flattening stays valid while the graph keeps its structure. Before each call a
 cheap guard compares the identities of every node's attributes with a snapshot;
@@ -20,51 +21,26 @@ import dataclasses
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from datarax.core._source import DataVar
-
-if TYPE_CHECKING:
-    from datarax.core._pipeline import Pipeline
+from datarax.core._cache import LRUCache
+from datarax.core._feed import (
+    Stream,
+    open_window,
+    read_batch,
+    read_batches,
+    stage_records,
+)
+from datarax.core._keys import run_keys
+from datarax.core._source import DataSource, DataVar
 
 
 def _is_variable(x: object) -> bool:
     return isinstance(x, nnx.Variable)
-
-
-def is_concrete(values: Sequence[Any]) -> bool:
-    """Whether none of ``values`` is a tracer (we are not inside a JAX trace)."""
-    return not any(isinstance(v, jax.core.Tracer) for v in values)
-
-
-def _probe_fast_write() -> bool:
-    probe = nnx.Variable(0)
-    try:
-        object.__setattr__(probe, "_raw_value", 1)
-    except (AttributeError, TypeError):
-        return False
-    return probe.get_raw_value() == 1
-
-
-# Variable.set_raw_value checks the trace level on every write (~2-3 us, even with
-# its bypass flag, through Variable.__setattr__). Writes made on the host between
-# compiled calls happen outside any trace, where that check cannot fail, so they
-# store the value directly when this flax version keeps it in the `_raw_value`
-# slot (0.12.8 and 0.12.12 do), and go through set_raw_value otherwise.
-_FAST_WRITE = _probe_fast_write()
-
-
-def write_host_value(variable: nnx.Variable, value: Any) -> None:
-    """Sets a Variable's raw value from the host, outside any trace."""
-    if _FAST_WRITE:
-        object.__setattr__(variable, "_raw_value", value)
-    else:
-        variable.set_raw_value(value)
 
 
 def _attribute_ids(attributes: dict) -> tuple[int, ...]:
@@ -100,51 +76,73 @@ class GraphSpec:
                 "static attribute); inside Pipeline.scan only Variable values may "
                 "change. Make structural changes outside the compiled run."
             )
-        variables = jax.tree.leaves(state, is_leaf=_is_variable)
+        leaves = jax.tree.leaves(state, is_leaf=_is_variable)
         return [
-            v.get_raw_value()
-            for v, d in zip(variables, self.is_data, strict=True)
+            leaf.get_raw_value() if isinstance(leaf, nnx.Variable) else leaf
+            for leaf, d in zip(leaves, self.is_data, strict=True)
             if not d
         ]
+
+
+class AttributeSlot:
+    """A plain array attribute of a module, read and written like a Variable.
+
+    nnx treats such attributes as state (``nnx.jit`` carries them); so do
+    compiled runs. Holds its module weakly, and keeps the graph's identity
+    snapshot current when it writes (a write is not a structural change).
+    """
+
+    def __init__(self, graph: Graph, owner: nnx.Pytree, name: str | int, at: int):
+        self._graph = graph
+        self._owner = weakref.ref(owner)
+        self._name = name
+        self._at = at  # index of the owner's attribute dict in the graph snapshot
+
+    def get_raw_value(self) -> Any:
+        """The attribute's current value."""
+        return getattr(self._owner(), str(self._name))
+
+    def set_raw_value(self, value: Any) -> None:
+        """Sets the attribute (as ``nnx.update`` would) and refreshes the guard."""
+        owner = self._owner()
+        setattr(owner, str(self._name), value)
+        self._graph.refresh(self._at)
 
 
 class Graph:
     """The pipeline (first) and the user's modules, flattened once.
 
-    Holds the live Variables (their values are read and written per call) and
-    weak references to the nodes, so a cache entry never keeps a pipeline alive.
+    Holds the live Variables and array attributes (their values are read and
+    written per call) and weak references to the nodes, so a cache entry never
+    keeps a pipeline alive.
     """
 
     def __init__(self, nodes: tuple):
         graphdef, state = nnx.split(nodes)
         leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)[0]
-        plain = [
-            jax.tree_util.keystr(path)
-            for path, leaf in leaves
-            if not isinstance(leaf, nnx.Variable)
-        ]
-        if plain:
-            raise TypeError(
-                f"modules hold plain array attributes at {plain}; wrap each in an "
-                "nnx.Variable (nnx.Param for parameters) so datarax can carry it."
-            )
-        variables = [leaf for _, leaf in leaves]
-        is_data = tuple(isinstance(v, DataVar) for v in variables)
-        self.spec = GraphSpec(
-            graphdef, jax.tree.structure(state, is_leaf=_is_variable), is_data
-        )
-        self.carry_vars = [v for v, d in zip(variables, is_data, strict=True) if not d]
-        self.data_vars = [v for v, d in zip(variables, is_data, strict=True) if d]
-        self._nodes = [weakref.ref(node) for node in nodes]
+        owners = {path: node for path, node in nnx.iter_graph(nodes)}
         # The attribute dicts of every graph node (not the nodes: a dict holds no
         # reference to its owner, so this keeps no pipeline alive) and the
         # identities of their values when flattened.
-        self._dicts = [
-            vars(node)
-            for _, node in nnx.iter_graph(nodes)
-            if isinstance(node, nnx.Pytree)
-        ]
+        pytrees = [n for n in owners.values() if isinstance(n, nnx.Pytree)]
+        self._dicts = [vars(node) for node in pytrees]
         self._ids = [_attribute_ids(d) for d in self._dicts]
+        where = {id(node): i for i, node in enumerate(pytrees)}
+        slots: list[Any] = []
+        for path, leaf in leaves:
+            if isinstance(leaf, nnx.Variable):
+                slots.append(leaf)
+                continue
+            keys = tuple(getattr(k, "key", k) for k in path)
+            owner = owners[keys[:-1]]
+            slots.append(AttributeSlot(self, owner, keys[-1], where[id(owner)]))
+        is_data = tuple(isinstance(v, DataVar) for v in slots)
+        self.spec = GraphSpec(
+            graphdef, jax.tree.structure(state, is_leaf=_is_variable), is_data
+        )
+        self.carry_vars = [v for v, d in zip(slots, is_data, strict=True) if not d]
+        self.data_vars = [v for v, d in zip(slots, is_data, strict=True) if d]
+        self._nodes = [weakref.ref(node) for node in nodes]
 
     def matches(self, nodes: tuple) -> bool:
         """Whether ``nodes`` are still exactly the graph that was flattened.
@@ -160,6 +158,14 @@ class Graph:
                 return False
         return [_attribute_ids(d) for d in self._dicts] == self._ids
 
+    def nodes(self) -> tuple:
+        """The flattened nodes (while they live)."""
+        return tuple(ref() for ref in self._nodes)
+
+    def refresh(self, at: int) -> None:
+        """Takes a new identity snapshot of one node's attributes."""
+        self._ids[at] = _attribute_ids(self._dicts[at])
+
     def read(self) -> tuple[list, list]:
         """Current raw values: (carried, data)."""
         return (
@@ -168,22 +174,48 @@ class Graph:
         )
 
 
-StepFn = Callable[..., Any]
+class ChangeRecorder:
+    """Records, while a step is traced, which carried values it changed.
+
+    An untouched Variable leaves a step as the very tracer that went in, so
+    identity tells which values a compiled function must return (and its caller
+    write back): a pipeline whose stages hold no state pays for no outputs but
+    its batches. A body traced more than once (a scan split in two loops)
+    accumulates.
+    """
+
+    def __init__(self) -> None:
+        self._changed: set[int] = set()
+
+    def note(self, new: Sequence[Any], old: Sequence[Any]) -> None:
+        """Compares one traced step's carried values after and before."""
+        self._changed.update(
+            i for i, (a, b) in enumerate(zip(new, old, strict=True)) if a is not b
+        )
+
+    @property
+    def any(self) -> bool:
+        """Whether any value changed."""
+        return bool(self._changed)
+
+    def finish(self, compiled: Compiled, values: Sequence[Any]) -> list:
+        """Stores the changed indices on ``compiled``; returns those values."""
+        compiled.changed = tuple(sorted(self._changed))
+        return [values[i] for i in compiled.changed]
 
 
 class Compiled:
     """A compiled function, shared by all pipelines with the same GraphSpec.
 
-    ``changed`` lists the carried values the function returns (those its step
-    can change), recorded when it is traced: an untouched Variable leaves a step
-    as the very tracer that went in. A pipeline whose stages hold no state thus
-    pays for no outputs but its batches.
+    ``changed`` lists the carried values the function returns; its builder
+    records it when the function is traced (see :class:`ChangeRecorder`).
+    ``length`` is the number of batches a chunk function computes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, length: int = 1) -> None:
         self.fn: Callable = _unbuilt
         self.changed: tuple[int, ...] = ()
-        self.length = 1  # batches per call, for chunk functions
+        self.length = length
 
 
 def _unbuilt(*args: Any) -> Any:
@@ -194,7 +226,7 @@ class Program:
     """One cached kind of run of one pipeline: its live graph and compiled code.
 
     The pipeline's position never goes through the compiled function: the host
-    knows it and advances it (see ``Pipeline._advance``).
+    knows it and advances it.
     """
 
     def __init__(self, graph: Graph, compiled: Compiled, owner: object):
@@ -203,127 +235,61 @@ class Program:
         self.owner = owner  # what the entry was built for (step_fn), kept alive
 
     def __call__(self, *args: Any) -> Any:
-        """Runs the compiled function and writes back the changed Variables."""
+        """Runs the compiled function and writes back the changed values."""
         carry_values, data_values = self.graph.read()
         changed_values, *rest = self.compiled.fn(carry_values, data_values, *args)
-        write = write_host_value if is_concrete(carry_values) else _write_traced
         variables = self.graph.carry_vars
         for index, value in zip(self.compiled.changed, changed_values, strict=True):
-            write(variables[index], value)
+            variables[index].set_raw_value(value)
         return rest
 
 
-def _write_traced(variable: nnx.Variable, value: Any) -> None:
-    variable.set_raw_value(value)
+Builder = Callable[[GraphSpec, Graph], Compiled]
+
+# Programs per pipeline instance, outside the module graph so that nnx.clone /
+# nnx.merge copies never share (and never see) them; compiled functions shared by
+# pipelines of the same structure.
+_PROGRAMS: weakref.WeakKeyDictionary[object, LRUCache[tuple, Program]] = (
+    weakref.WeakKeyDictionary()
+)
+_COMPILED: LRUCache[tuple, Compiled] = LRUCache(maxsize=64)
 
 
-def _start(
-    spec: GraphSpec,
-    carry_values: list,
-    data_values: list,
-    length: int,
-    host_plan: Any = None,
-):
-    """Merged nodes, start position, run keys and the source's plan for a run."""
-    nodes = spec.merge(carry_values, data_values)
-    pipe: Pipeline = nodes[0]
-    start = jnp.asarray(pipe.position[...], jnp.int32)
-    keys = pipe._run_keys()
-    records = length * pipe.batch_size
-    plan = pipe.source._plan(start, records, keys.shuffle, host_plan)
-    return nodes, start, keys, plan
+def cached_program(
+    pipe: object, cache_key: tuple, nodes: tuple, owner: object, build: Builder
+) -> Program:
+    """The cached program of ``pipe`` for ``cache_key``, re-flattened if needed.
 
-
-def build_scan(
-    spec: GraphSpec,
-    compiled: Compiled,
-    step_fn: StepFn,
-    *,
-    length: int,
-    has_carry: bool,
-    unroll: int,
-) -> Callable:
-    """``jax.jit`` of ``length`` steps of ``step_fn`` over the pipeline's batches.
-
-    Per-run work (keys, the source's permutation plan) is done once, before the
-    loop, so the body is as plain as a hand-written one.
+    ``cache_key`` starts with the kind of run; ``owner`` is the object the entry
+    is for (``step_fn``), held so its id cannot be recycled. Compiled functions
+    are shared across pipelines with the same structure (keyed on the
+    ``GraphSpec`` and the owner itself).
     """
-
-    @jax.jit
-    def run(carry_values, data_values, host_plan, init_carry):
-        nodes, start, keys, plan = _start(
-            spec, carry_values, data_values, length, host_plan
-        )
-        pipe: Pipeline = nodes[0]
-        batch_size = pipe.batch_size
-        per_read = max(1, min(length, pipe.source._steps_per_read(batch_size)))
-        flags: list[list[bool]] = []
-
-        def one_step(carry, batch_start, raw):
-            values, user_carry = carry
-            nodes = spec.merge(values, data_values)
-            if raw is None:
-                batch = nodes[0]._batch(plan, batch_start, keys)
-            else:
-                batch = nodes[0]._apply_local(raw, batch_start, keys)
-            modules = nodes[1:]
-            if has_carry:
-                user_carry, out = step_fn(user_carry, *modules, batch)
-            else:
-                out = step_fn(*modules, batch)
-            new = spec.carried(nodes)
-            flags.append([a is not b for a, b in zip(new, values, strict=True)])
-            return (new, user_carry), out
-
-        def read_steps(carry, first_step, count):
-            """``count`` steps whose records come from one source read."""
-            chunk_start = start + first_step * batch_size
-            raw = pipe.source._read(plan, chunk_start, count * batch_size, keys.shuffle)
-            raw = {
-                k: v.reshape(count, batch_size, *v.shape[1:]) for k, v in raw.items()
-            }
-
-            def inner(carry, xs):
-                raw_k, k = xs
-                return one_step(carry, chunk_start + k * batch_size, raw_k)
-
-            steps = jnp.arange(count, dtype=jnp.int32)
-            return jax.lax.scan(inner, carry, (raw, steps), unroll=min(unroll, count))
-
-        carry = (carry_values, init_carry)
-        if per_read == 1:
-            carry, outs = jax.lax.scan(
-                lambda c, i: one_step(c, start + i * batch_size, None),
-                carry,
-                jnp.arange(length, dtype=jnp.int32),
-                unroll=min(unroll, length),
-            )
-        else:
-            # Sources with a costly read (a host callback) read many steps' records
-            # at once: an outer loop over reads, an inner one over their steps.
-            full, rest = divmod(length, per_read)
-            parts = []
-            if full:
-                carry, outs = jax.lax.scan(
-                    lambda c, j: read_steps(c, j * per_read, per_read),
-                    carry,
-                    jnp.arange(full, dtype=jnp.int32),
-                )
-                parts.append(jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), outs))
-            if rest:
-                carry, outs = read_steps(carry, full * per_read, rest)
-                parts.append(outs)
-            outs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
-        values, user_carry = carry
-        compiled.changed = tuple(
-            i for i in range(len(values)) if any(f[i] for f in flags)
-        )
-        return [values[i] for i in compiled.changed], user_carry, outs
-
-    return run
+    programs = _PROGRAMS.get(pipe)
+    if programs is None:
+        programs = _PROGRAMS[pipe] = LRUCache(maxsize=32)
+    program = programs.get(cache_key)
+    if program is not None and program.owner is owner:
+        if program.graph.matches(nodes):
+            return program
+    graph = Graph(nodes)
+    compiled_key = (cache_key[0], *cache_key[2:], owner, graph.spec)
+    compiled = _COMPILED.get(compiled_key)
+    if compiled is None:
+        compiled = build(graph.spec, graph)
+        _COMPILED.put(compiled_key, compiled)
+    program = Program(graph, compiled, owner)
+    programs.put(cache_key, program)
+    return program
 
 
-def build_chunk(spec: GraphSpec, compiled: Compiled, *, length: int) -> Callable:
+def program_count(pipe: object) -> int:
+    """How many programs ``pipe`` holds in its cache (for tests and debugging)."""
+    programs = _PROGRAMS.get(pipe)
+    return 0 if programs is None else len(programs)
+
+
+def build_chunk(spec: GraphSpec, *, length: int) -> Compiled:
     """``jax.jit`` computing the next ``length`` batches, returned one by one.
 
     The batches are built in one traced Python loop rather than a ``lax.scan``:
@@ -331,67 +297,67 @@ def build_chunk(spec: GraphSpec, compiled: Compiled, *, length: int) -> Callable
     and copy them out again (3x slower on XLA:CPU for image batches). Their
     records are read from the source in one piece.
     """
+    compiled = Compiled(length)
 
     @jax.jit
     def run(carry_values, data_values, host_plan):
-        nodes, start, keys, plan = _start(
-            spec, carry_values, data_values, length, host_plan
-        )
-        batches = nodes[0]._batches(plan, start, length, keys)
-        return _changed(compiled, spec.carried(nodes), carry_values), batches
+        nodes = spec.merge(carry_values, data_values)
+        stream: Stream = nodes[0]
+        window = open_window(stream, length * stream.batch_size, host_plan)
+        batches = read_batches(stream, window, length)
+        new = spec.carried(nodes)
+        recorder = ChangeRecorder()
+        recorder.note(new, carry_values)
+        return recorder.finish(compiled, new), batches
 
-    return run
-
-
-def _changed(compiled: Compiled, new: list, carry_values: list) -> list:
-    """The carried values a traced step changed, recorded on ``compiled``.
-
-    An untouched Variable leaves the step as the very tracer that went in, so
-    identity tells which values to return (and later write back).
-    """
-    compiled.changed = tuple(
-        i for i, (a, b) in enumerate(zip(new, carry_values, strict=True)) if a is not b
-    )
-    return [new[i] for i in compiled.changed]
+    compiled.fn = run
+    return compiled
 
 
-def build_apply(spec: GraphSpec, compiled: Compiled) -> Callable:
+def build_apply(spec: GraphSpec) -> Compiled:
     """``jax.jit`` running the stages on a batch of records read on the host.
 
     For iteration-only sources: the records arrive as arguments (one global
     batch), the stages see the same positions and keys as in any other mode.
     """
+    compiled = Compiled()
 
     @jax.jit
     def run(carry_values, data_values, raw, start):
         nodes = spec.merge(carry_values, data_values)
-        pipe: Pipeline = nodes[0]
-        batch = pipe._apply_local(raw, start, pipe._run_keys())
-        return _changed(compiled, spec.carried(nodes), carry_values), batch
+        stream: Stream = nodes[0]
+        keys = run_keys(stream.key[...], stream.shuffle)
+        batch = stage_records(stream, raw, start, keys)
+        new = spec.carried(nodes)
+        recorder = ChangeRecorder()
+        recorder.note(new, carry_values)
+        return recorder.finish(compiled, new), batch
 
-    return run
+    compiled.fn = run
+    return compiled
 
 
 def probe_batch(graph: Graph) -> tuple[bool, Any]:
     """Traces one batch (``jax.eval_shape``, nothing runs) to learn two facts.
 
-    Returns whether building a batch changes any carried Variable (stages with
-    RNG streams, batch statistics or counters do; then iteration computes batches
+    Returns whether building a batch changes any carried value (stages with RNG
+    streams, batch statistics or counters do; then iteration computes batches
     one at a time so that state is exact after every batch) and the batch's
     shapes.
     """
-    changed: list[bool] = []
+    recorder = ChangeRecorder()
     spec = graph.spec
 
     def probe(carry_values, data_values):
-        nodes, start, keys, plan = _start(spec, carry_values, data_values, 1)
-        batch = nodes[0]._batch(plan, start, keys)
-        after = spec.carried(nodes)
-        changed.extend(a is not b for a, b in zip(after, carry_values, strict=True))
+        nodes = spec.merge(carry_values, data_values)
+        stream: Stream = nodes[0]
+        window = open_window(stream, stream.batch_size)
+        batch = read_batch(stream, window, window.start)
+        recorder.note(spec.carried(nodes), carry_values)
         return batch
 
     shapes = jax.eval_shape(probe, *graph.read())
-    return any(changed), shapes
+    return recorder.any, shapes
 
 
 def nbytes(shapes: Any) -> int:
@@ -401,6 +367,7 @@ def nbytes(shapes: Any) -> int:
     )
 
 
-def batch_nbytes(graph: Graph) -> int:
-    """Bytes of one batch as the pipeline's stages produce it (traced, not run)."""
-    return nbytes(probe_batch(graph)[1])
+def steps_per_read(stream: Stream) -> int:
+    """How many batches the pipeline's source wants read at once."""
+    source: DataSource = stream.source  # type: ignore[assignment]
+    return source.steps_per_read(stream.batch_size)

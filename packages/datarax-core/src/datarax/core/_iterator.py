@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 
 from datarax.core._compiled import (
+    Compiled,
+    Graph,
+    GraphSpec,
     Program,
     build_apply,
     build_chunk,
+    cached_program,
     nbytes,
     probe_batch,
+    steps_per_read,
 )
-from datarax.core._source import Batch, fold_in_host
-
-if TYPE_CHECKING:
-    from datarax.core._pipeline import Pipeline
+from datarax.core._feed import Stream, host_plan, records_due, write_position
+from datarax.core._iterable import IterableSource
+from datarax.core._keys import host_shuffle_key
+from datarax.core._source import Batch
 
 #: At most this many batches are computed per dispatch. Each batch is an output
 #: buffer of the compiled chunk; on XLA:CPU the cost per output jumps past about 8
@@ -29,6 +34,13 @@ MAX_CHUNK = 6
 MAX_HOST_CHUNK = 16
 #: ... and at most this many bytes of them are held at once.
 CHUNK_BYTES = 32 * 2**20
+
+
+def iterate(stream: Stream) -> Iterator[Batch]:
+    """The iterator that suits the pipeline's kind of source."""
+    if isinstance(stream.source, IterableSource):
+        return StreamIterator(stream)
+    return PipelineIterator(stream)
 
 
 class PipelineIterator:
@@ -42,7 +54,7 @@ class PipelineIterator:
 
     Precomputed batches are only valid while nothing that builds them changes.
     Before serving each one the iterator checks that the position is the one it
-    left, that every other carried Variable of the pipeline still holds (by
+    left, that every other carried value of the pipeline still holds (by
     identity) the value it held when the chunk was computed, and that the
     pipeline's structure is unchanged. Any write in between (an optimizer step on
     a stage's parameters, ``nnx.update``, a ``scan`` or ``step()``, a restored
@@ -51,8 +63,8 @@ class PipelineIterator:
     exact after every batch.
     """
 
-    def __init__(self, pipe: Pipeline):
-        self._pipe = pipe
+    def __init__(self, stream: Stream):
+        self._stream = stream
         self._buffer: collections.deque = collections.deque()
         self._expected: list[tuple[Any, Any]] = []  # (Variable, value it held)
         self._position = -1  # where the buffered batches start
@@ -62,45 +74,58 @@ class PipelineIterator:
         return self
 
     def __next__(self) -> Batch:
-        pipe = self._pipe
-        position = int(pipe.position.get_raw_value())  # host scalar: no device sync
+        stream = self._stream
+        position = int(stream.position.get_raw_value())  # host scalar: no sync
         if self._buffer and (position != self._position or not self._still_valid()):
             self._buffer.clear()
-        batch_size = pipe.batch_size
-        served = _records_due(pipe, position)
+        served = records_due(stream, position)
         if not self._buffer:
             self._fill()
         batch = self._buffer.popleft()
-        if served < batch_size:
+        if served < stream.batch_size:
             self._buffer.clear()
             batch = _head(batch, served)
-        pipe._write_position(position + served)
+        write_position(stream, position + served)
         self._position = position + served
         return batch
 
     def _still_valid(self) -> bool:
         assert self._program is not None
-        if not self._program.graph.matches((self._pipe,)):
+        if not self._program.graph.matches((self._stream,)):
             return False
         return all(v.get_raw_value() is e for v, e in self._expected)
 
     def _fill(self) -> None:
-        pipe = self._pipe
-        program, chunk = _chunk_program(pipe)
+        stream = self._stream
+        program = cached_program(stream, ("chunk",), (stream,), None, _build_chunk)
         self._program = program
+        records = program.compiled.length * stream.batch_size
         # Program.__call__ writes back what the stages changed (chunk of 1 then).
-        (batches,) = program(pipe._host_plan(chunk * pipe.batch_size))
+        (batches,) = program(host_plan(stream, records))
         self._buffer.extend(batches)
         self._expected = [
             (v, v.get_raw_value())
             for v in program.graph.carry_vars
-            if v is not pipe.position and v is not pipe.epoch
+            if v is not stream.position and v is not stream.epoch
         ]
-        self._position = int(pipe.position.get_raw_value())
+        self._position = int(stream.position.get_raw_value())
+
+
+def _build_chunk(spec: GraphSpec, graph: Graph) -> Compiled:
+    """A chunk program: as many batches per dispatch as memory and state allow."""
+    stateful, shapes = probe_batch(graph)
+    stream: Stream = graph.nodes()[0]
+    most = MAX_CHUNK
+    if steps_per_read(stream) > 1:
+        # A source whose every read costs a host callback (50-100 us) gains more
+        # from fewer reads than it loses to extra output buffers.
+        most = MAX_HOST_CHUNK
+    chunk = 1 if stateful else max(1, min(most, CHUNK_BYTES // max(1, nbytes(shapes))))
+    return build_chunk(spec, length=chunk)
 
 
 class StreamIterator:
-    """Serves a pipeline over an iteration-only source (``random_access = False``).
+    """Serves a pipeline over an :class:`~datarax.core.IterableSource`.
 
     Reads host batches from ``source.host_batches`` (opened at the pipeline's
     position, reopened whenever the position moved under it, e.g. after a
@@ -110,8 +135,8 @@ class StreamIterator:
     and cut after.
     """
 
-    def __init__(self, pipe: Pipeline):
-        self._pipe = pipe
+    def __init__(self, stream: Stream):
+        self._stream = stream
         self._records: Generator[dict[str, np.ndarray]] | None = None
         self._position = -1  # where self._records continues
 
@@ -119,37 +144,32 @@ class StreamIterator:
         return self
 
     def __next__(self) -> Batch:
-        pipe = self._pipe
-        position = int(pipe.position.get_raw_value())
-        batch_size = pipe.batch_size
-        wanted = _records_due(pipe, position)
+        stream = self._stream
+        source: IterableSource = stream.source  # type: ignore[assignment]
+        position = int(stream.position.get_raw_value())
+        batch_size = stream.batch_size
+        wanted = records_due(stream, position)
         if self._records is None or position != self._position:
             if self._records is not None:
                 self._records.close()  # release the backend's reader now
-            key = fold_in_host(pipe.key.get_raw_value(), 0) if pipe.shuffle else None
-            batches = pipe.source.host_batches(position, batch_size, key)
-            self._records = _generator(batches)
+            key = host_shuffle_key(stream.key.get_raw_value(), stream.shuffle)
+            self._records = _generator(source.host_batches(position, batch_size, key))
         raw = next(self._records, None)
-        if raw is None:  # the iterable ended early: len(source) was too large
+        count = 0 if raw is None else len(next(iter(raw.values())))
+        if raw is None or count < wanted:
             raise RuntimeError(
-                f"{type(pipe.source).__name__} ended at stream position {position}, "
-                f"before the {len(pipe.source)} records per epoch it declared."
-            )
-        count = len(next(iter(raw.values())))
-        if count < wanted:
-            raise RuntimeError(
-                f"{type(pipe.source).__name__} served {count} records at stream "
-                f"position {position} where {wanted} were due: the iterable holds "
-                f"fewer records than the {len(pipe.source)} per epoch it declared."
+                f"{type(source).__name__} served {count} records at stream position "
+                f"{position} where {wanted} were due: the iterable holds fewer "
+                f"records than the {len(source)} per epoch it declared."
             )
         raw = {k: _pad(np.asarray(v)[:wanted], batch_size) for k, v in raw.items()}
-        program = pipe._program(
-            ("apply",), (pipe,), None, lambda spec, c, g: build_apply(spec, c)
+        program = cached_program(
+            stream, ("apply",), (stream,), None, lambda spec, g: build_apply(spec)
         )
         (batch,) = program(raw, np.asarray(position, np.int32))
         if wanted < batch_size:
             batch = _head(batch, wanted)
-        pipe._write_position(position + wanted)
+        write_position(stream, position + wanted)
         self._position = position + wanted
         return batch
 
@@ -159,44 +179,11 @@ def _generator(batches: Iterator) -> Generator:
     yield from batches
 
 
-def _records_due(pipe: Pipeline, position: int) -> int:
-    """Records the next batch holds (``batch_size`` but at the stream's end).
-
-    Raises StopIteration when ``num_epochs`` are served (or only a short batch
-    is left and ``drop_last`` is set).
-    """
-    if pipe.num_epochs is None:
-        return pipe.batch_size
-    remaining = pipe.num_epochs * len(pipe.source) - position
-    if remaining <= 0 or (pipe.drop_last and remaining < pipe.batch_size):
-        raise StopIteration
-    return min(pipe.batch_size, remaining)
-
-
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
     """``array`` grown to ``size`` rows by repeating its last row."""
     if len(array) == size:
         return array
     return np.concatenate([array, np.repeat(array[-1:], size - len(array), 0)])
-
-
-def _chunk_program(pipe: Pipeline) -> tuple[Program, int]:
-    """The cached chunk program of ``pipe`` and how many batches it computes."""
-
-    def build(spec, compiled, graph):
-        stateful, shapes = probe_batch(graph)
-        batch_bytes = max(1, nbytes(shapes))
-        most = MAX_CHUNK
-        if pipe.source._steps_per_read(pipe.batch_size) > 1:
-            # A source whose every read costs a host callback (50-100 us) gains
-            # more from fewer reads than it loses to extra output buffers.
-            most = MAX_HOST_CHUNK
-        chunk = 1 if stateful else max(1, min(most, CHUNK_BYTES // batch_bytes))
-        compiled.length = chunk
-        return build_chunk(spec, compiled, length=chunk)
-
-    program = pipe._program(("chunk",), (pipe,), None, build)
-    return program, program.compiled.length
 
 
 def _head(batch: Batch, count: int) -> Batch:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 
 class RecordKeyed:
@@ -54,6 +55,34 @@ class RecordContext:
             return jax.random.fold_in(jax.random.fold_in(key, epoch), offset)
 
         return jax.vmap(record_key)(epochs, offsets)
+
+
+def operator_identities(
+    groups: Sequence[tuple[tuple, object]], skip: object = None
+) -> dict[int, tuple]:
+    """``id(operator)`` -> its identity, for every stochastic operator in ``groups``.
+
+    ``groups`` lists ``(prefix, root)`` pairs in a fixed order (stage index, DAG
+    node name, ...); each stochastic operator found in graph order under a root
+    is identified as ``(*prefix, rank)``, where rank counts the stochastic
+    operators met before it under that root. The first place an operator is
+    found wins. Sub-graphs under the attribute ``skip`` of a root (the source of
+    a pipeline) are left out.
+    """
+    identities: dict[int, tuple] = {}
+    for prefix, root in groups:
+        rank = 0
+        for path, node in nnx.iter_graph(root):
+            if skip is not None and path[:1] == (skip,):
+                continue
+            if (
+                isinstance(node, RecordKeyed)
+                and node.needs_record_keys
+                and id(node) not in identities
+            ):
+                identities[id(node)] = (*prefix, rank)
+                rank += 1
+    return identities
 
 
 def identity_hash(identity: tuple) -> int:

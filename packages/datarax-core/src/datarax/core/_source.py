@@ -1,21 +1,41 @@
-"""The data model: records, batches, element specs and the ``DataSource`` base."""
+"""The source protocol: what a source implements so that a pipeline can read it.
+
+Two kinds of source share one small base, :class:`SourceBase` (a length and the
+shape of one record):
+
+* :class:`DataSource`: random access by stream position, traceable. The minimum
+  is :meth:`DataSource.get_batch_at`. Sources that can share work between the
+  batches of a run (a permutation per epoch, a table of draws) subclass
+  :class:`PlannedSource` and implement a ``plan`` / ``read`` pair instead; a
+  ``host_plan`` made once per run on the host is an optional extra.
+* :class:`~datarax.core.IterableSource`: records that can only be read in order
+  (a streamed dataset, TFRecord files). They feed ``Pipeline`` iteration only.
+
+``docs/sources.md`` ("Write your own source") walks through a complete one.
+"""
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterator
-from typing import Any
+from typing import Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from datarax.core._keys import as_key
+
 Batch = dict[str, jax.Array]
 """A batch: field name -> array with a leading batch axis."""
 
 ElementSpec = dict[str, jax.ShapeDtypeStruct]
 """Shape and dtype of one record, per field."""
+
+PlanT = TypeVar("PlanT")
+"""What a source's ``plan`` returns (a pytree of arrays, or ``None``)."""
+
+HostPlanT = TypeVar("HostPlanT")
+"""What a source's ``host_plan`` returns (a pytree of arrays, or ``None``)."""
 
 
 class DataVar(nnx.Variable):
@@ -28,85 +48,21 @@ class DataVar(nnx.Variable):
     """
 
 
-def as_key(key: jax.Array) -> jax.Array:
-    """Returns ``key`` as a new-style typed PRNG key (legacy uint32 keys wrapped)."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):
-        return jax.random.wrap_key_data(key)
-    raise TypeError(
-        f"expected a PRNG key (jax.random.key(...) or a legacy uint32[2] key), got "
-        f"an array of dtype {key.dtype} and shape {key.shape}."
-    )
+class SourceBase(nnx.Module):
+    """What every source has: a number of records and the shape of one.
 
+    A source's *stream* repeats its ``len(source)`` records epoch after epoch:
+    stream position ``p`` is record offset ``p % len`` of epoch ``p // len``.
+    Subclass :class:`DataSource` (random access) or
+    :class:`~datarax.core.IterableSource` (in order), not this class.
 
-_FOLDED: collections.OrderedDict[tuple[bytes, int], np.ndarray] = (
-    collections.OrderedDict()
-)
-
-
-def fold_in_host(key_data: jax.typing.ArrayLike, data: int) -> np.ndarray:
-    """Key data of ``fold_in(key, data)``, computed outside any trace and cached.
-
-    Host-side plans need the same derived keys the compiled runs derive in-graph;
-    one eager ``fold_in`` costs tens of microseconds, so each result is kept.
-    """
-    raw = np.asarray(key_data)
-    cache_key = (raw.tobytes(), data)
-    folded = _FOLDED.get(cache_key)
-    if folded is None:
-        key = jax.random.fold_in(as_key(jnp.asarray(raw)), data)
-        folded = np.asarray(jax.random.key_data(key))
-        _FOLDED[cache_key] = folded
-        if len(_FOLDED) > 256:
-            _FOLDED.popitem(last=False)
-    return folded
-
-
-def iteration_only_message(source: DataSource, what: str) -> str:
-    """The error for ``what`` (scan, step, get_batch_at) on an iteration-only source."""
-    return (
-        f"{what} needs random access to records by stream position (it loads data "
-        f"inside compiled code), but {type(source).__name__} is iteration-only: it "
-        "reads its records in order, on the host. Iterate the pipeline instead "
-        f"(for batch in pipe: ...), or use {source.random_access_alternative}."
-    )
-
-
-class DataSource(nnx.Module):
-    """Base class of datarax sources: finite, random-access and traceable.
-
-    A source holds ``len(source)`` records. Its *stream* repeats them epoch after
-    epoch: stream position ``p`` is record offset ``p % len`` of epoch
-    ``p // len``. :meth:`get_batch_at` reads any window of that stream; it is a
-    pure function of its arguments, so it works inside ``jax.jit``, ``nnx.jit``,
-    ``nnx.scan`` and ``jax.vmap`` with ``start`` and ``key`` traced.
-
-    Subclasses implement ``__len__``, :attr:`element_spec` and either
-    :meth:`get_batch_at` or the ``_plan`` / ``_read`` hooks below (then the base
-    ``get_batch_at`` checks the arguments and reads through them). Sources that
-    can serve a shuffled order set ``supports_shuffle = True`` and, given a key,
-    serve epoch ``e`` in an order that is a permutation determined by
-    ``(key, e)`` alone.
-
-    Pipelines read through two optional hooks, ``_plan`` and ``_read``: work that
-    a run of many batches can share (per-epoch permutations) goes in ``_plan``,
-    computed once per compiled run, and ``_read`` serves each batch from it. The
-    defaults make ``_read`` call :meth:`get_batch_at`, so a source that implements
-    only the public method works everywhere.
-
-    Keep dataset arrays in :class:`DataVar` Variables (or behind a non-array
-    holder object), never as plain array attributes: those would become carried
-    state in every compiled step and in checkpoints.
+    Keep dataset arrays in :class:`DataVar` Variables, and file handles or
+    readers behind a plain holder object, never as plain array attributes: those
+    would become carried state in every compiled step and in checkpoints.
     """
 
+    #: Whether the source can serve each epoch in a keyed permutation.
     supports_shuffle: bool = False
-    #: False for iteration-only sources (a stream that can only be read in
-    #: order): they implement :meth:`host_batches` instead of the read hooks and
-    #: feed ``Pipeline`` iteration, not ``scan``, ``step()`` or ``get_batch_at``.
-    random_access: bool = True
-    #: What to use instead, named in the errors of an iteration-only source.
-    random_access_alternative: str = "a random-access source over the same data"
 
     def __len__(self) -> int:
         raise NotImplementedError(f"{type(self).__name__} must implement __len__.")
@@ -118,14 +74,29 @@ class DataSource(nnx.Module):
             f"{type(self).__name__} must implement the element_spec property."
         )
 
+
+class DataSource(SourceBase, Generic[PlanT, HostPlanT]):
+    """A random-access source: any window of its stream, read inside compiled code.
+
+    Implement ``__len__``, :attr:`element_spec` and :meth:`get_batch_at`, a pure
+    function of its arguments that works inside ``jax.jit``, ``nnx.scan`` and
+    ``jax.vmap`` with ``start`` and ``key`` traced. A source that can shuffle
+    sets ``supports_shuffle = True`` and, given a key, serves epoch ``e`` in a
+    permutation determined by ``(key, e)`` alone.
+
+    Pipelines read through :meth:`plan` and :meth:`read`: ``plan`` runs once per
+    compiled run, ``read`` once per batch. Here ``plan`` plans nothing and
+    ``read`` calls :meth:`get_batch_at`; :class:`PlannedSource` turns that
+    around for sources whose batches share work.
+    """
+
     def get_batch_at(
         self, start: jax.typing.ArrayLike, batch_size: int, key: jax.Array | None = None
     ) -> Batch:
         """Returns the records at stream positions ``start .. start+batch_size-1``.
 
         Traceable in ``start`` and ``key``; the batch may cross an epoch boundary.
-        The base implementation checks the arguments and reads through
-        ``_plan`` and ``_read``; a subclass overrides either those two or this.
+        Same arguments, same batch: no hidden state is read or written.
 
         Args:
             start: stream position of the first record (an int32 scalar, may be
@@ -138,12 +109,98 @@ class DataSource(nnx.Module):
         Returns:
             A dict of arrays with a leading axis of ``batch_size``.
         """
-        if not self.random_access:
-            raise TypeError(iteration_only_message(self, "get_batch_at"))
-        if type(self)._read is DataSource._read:
-            raise NotImplementedError(
-                f"{type(self).__name__} must implement get_batch_at (or _read)."
-            )
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement get_batch_at (or subclass "
+            "PlannedSource and implement read)."
+        )
+
+    def plan(
+        self,
+        start: jax.Array,
+        num_records: int,
+        key: jax.Array | None,
+        host_plan: HostPlanT | None = None,
+    ) -> PlanT | None:
+        """Work shared by the batches of positions ``start .. start+num_records-1``.
+
+        Traced once per compiled run, before its loop; ``host_plan`` is what
+        :meth:`host_plan` made for the run (``None`` when the run is traced
+        inside a caller's own ``jit``). The default plans nothing.
+        """
+        del start, num_records, key, host_plan
+        return None
+
+    def read(
+        self,
+        plan: PlanT | None,
+        start: jax.Array,
+        batch_size: int,
+        key: jax.Array | None,
+    ) -> Batch:
+        """One batch inside the window that ``plan`` was made for (traced).
+
+        The default calls :meth:`get_batch_at`.
+        """
+        del plan
+        return self.get_batch_at(start, batch_size, key)
+
+    def read_at(
+        self, plan: PlanT | None, positions: jax.Array, key: jax.Array | None
+    ) -> Batch:
+        """The records at arbitrary stream ``positions`` (int32 ``[n]``) in the plan.
+
+        For readers that pick positions themselves (a mix). The default reads
+        each position through :meth:`read` under ``jax.vmap``; sources that can
+        gather override it with one gather.
+        """
+
+        def one(position: jax.Array) -> Batch:
+            return {k: v[0] for k, v in self.read(plan, position, 1, key).items()}
+
+        return jax.vmap(one)(positions)
+
+    def host_plan(
+        self, start: int, num_records: int, key_data: np.ndarray | None
+    ) -> HostPlanT | None:
+        """Inputs to :meth:`plan` made on the host before a compiled run.
+
+        Called outside any trace with the run's start position, its number of
+        records and the shuffle key's data (``None`` in natural order); sources
+        use it to reuse work across runs, such as a permutation made once per
+        epoch. The default makes nothing.
+        """
+        del start, num_records, key_data
+        return None
+
+    def steps_per_read(self, batch_size: int) -> int:
+        """How many batches a compiled run should read at once (default 1).
+
+        Sources whose every read has a fixed cost (a host callback) return more,
+        and ``Pipeline.scan`` reads that many steps' records in one go.
+        """
+        del batch_size
+        return 1
+
+
+class PlannedSource(DataSource[PlanT, HostPlanT]):
+    """A random-access source read through a ``plan`` / ``read`` pair.
+
+    Implement :meth:`read` (and usually :meth:`plan`); :meth:`get_batch_at`
+    checks its arguments and reads through them. Work a run's batches share goes
+    in ``plan``, made once per compiled run; ``read`` serves each batch from it.
+    """
+
+    def get_batch_at(
+        self, start: jax.typing.ArrayLike, batch_size: int, key: jax.Array | None = None
+    ) -> Batch:
+        """Returns the records at stream positions ``start .. start+batch_size-1``.
+
+        Plans for this one window and reads it; see :meth:`DataSource.get_batch_at`.
+
+        Raises:
+            TypeError: for a ``batch_size`` that is not a Python int.
+            ValueError: for a ``batch_size`` below 1.
+        """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise TypeError(
                 f"batch_size must be a static Python int, got {batch_size!r}."
@@ -152,67 +209,14 @@ class DataSource(nnx.Module):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         start = jnp.asarray(start, jnp.int32)
         key = None if key is None else as_key(key)
-        return self._read(self._plan(start, batch_size, key), start, batch_size, key)
+        return self.read(self.plan(start, batch_size, key), start, batch_size, key)
 
-    def _steps_per_read(self, batch_size: int) -> int:
-        """How many batches a compiled run should read from this source at once.
-
-        1 (the default) reads each batch in its own step. Sources whose every read
-        has a fixed cost (a host callback) return more, so ``Pipeline.scan`` reads
-        that many steps' records in one go.
-        """
-        del batch_size
-        return 1
-
-    def _host_plan(
-        self, start: int, num_records: int, key_data: np.ndarray | None
-    ) -> Any:
-        """Plan inputs made on the host before a compiled run (default: none).
-
-        Called outside any trace with the run's start position, its number of
-        records and the shuffle key's data (``None`` in natural order). What it
-        returns (a pytree of arrays) is passed into the compiled run and on to
-        :meth:`_plan` as ``host_plan``: sources use it to reuse work across runs,
-        such as a permutation computed once per epoch.
-        """
-        del start, num_records, key_data
-        return None
-
-    def _plan(
+    def read(
         self,
+        plan: PlanT | None,
         start: jax.Array,
-        num_records: int,
+        batch_size: int,
         key: jax.Array | None,
-        host_plan: Any = None,
-    ) -> Any:
-        """Work shared by the batches of positions ``start .. start+num_records-1``.
-
-        Computed once per compiled run, before its loop, from ``host_plan`` when
-        the pipeline made one. The default plans nothing.
-        """
-        del start, num_records, key, host_plan
-        return None
-
-    def _read(
-        self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None
     ) -> Batch:
-        """Reads one batch inside the window that ``plan`` was made for."""
-        del plan
-        return self.get_batch_at(start, batch_size, key)
-
-    def host_batches(
-        self, start: int, batch_size: int, key_data: np.ndarray | None
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Iteration-only sources: the stream from position ``start``, on the host.
-
-        Yields NumPy batches of ``batch_size`` records (the stream runs on into
-        the next epoch; the last batch of a finite iterable may be short).
-        ``key_data`` is the shuffle key's data (``None`` in natural order): a
-        shuffling source serves epoch ``e`` in an order determined by
-        ``(key_data, e)`` alone, so a restarted iterator serves the same stream.
-        """
-        del start, batch_size, key_data
-        raise NotImplementedError(
-            f"{type(self).__name__} sets random_access = False and must implement "
-            "host_batches."
-        )
+        """One batch inside the window that ``plan`` was made for (traced)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement read.")

@@ -1,8 +1,54 @@
-"""Validation and ordering of a declared DAG of pipeline nodes."""
+"""A declared DAG of pipeline nodes as a value: wiring, validation, execution."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+
+from datarax.core._source import Batch
+from datarax.core._stages import Stage, checked_output
+
+
+@dataclasses.dataclass(frozen=True)
+class Dag:
+    """The wiring of a DAG pipeline: who feeds whom, the sink, the run order.
+
+    A hashable value without the nodes themselves (those are the pipeline's
+    sub-modules), so it can be a static attribute of the pipeline.
+
+    Examples:
+        >>> dag = Dag.build({"a": abs, "b": abs}, {"a": [], "b": ["a"]}, "b")
+        >>> dag.order, dag.edges_dict()
+        (('a', 'b'), {'a': [], 'b': ['a']})
+    """
+
+    edges: tuple[tuple[str, tuple[str, ...]], ...]
+    sink: str
+    order: tuple[str, ...]
+
+    @classmethod
+    def build(
+        cls,
+        nodes: Mapping[str, object],
+        edges: Mapping[str, Sequence[str]],
+        sink: str,
+    ) -> Dag:
+        """Validates the wiring (see :func:`validate_dag`) and returns it."""
+        order = validate_dag(nodes, edges, sink)
+        return cls(tuple((n, tuple(edges[n])) for n in nodes), sink, order)
+
+    def edges_dict(self) -> dict[str, list[str]]:
+        """Node name -> its predecessors, as given to ``from_dag``."""
+        return {name: list(preds) for name, preds in self.edges}
+
+    def run(self, nodes: Mapping[str, Stage], batch: Batch) -> Batch:
+        """Runs ``nodes`` in order on the source ``batch``; the sink's output."""
+        edges = dict(self.edges)
+        outputs: dict[str, Batch] = {}
+        for name in self.order:
+            inputs = [outputs[p] for p in edges[name]] if edges[name] else [batch]
+            outputs[name] = checked_output(nodes[name](*inputs), f"DAG node {name!r}")
+        return outputs[self.sink]
 
 
 def validate_dag(

@@ -18,9 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from datarax.core import ElementSpec
+from datarax.core import ElementSpec, IterableSource
 from datarax.integrations._extras import require
-from datarax.sources import EagerSourceBase, IterableSourceBase
+from datarax.sources import EagerSourceBase
 
 datasets, pa = require("hf", "datasets", "pyarrow")
 import pyarrow.compute as pc  # noqa: E402 - after the guard, which names the extra
@@ -81,7 +81,7 @@ class HFSource(EagerSourceBase):
         super().__init__(fields, owner="HFSource")
 
 
-class HFStreamingSource(IterableSourceBase):
+class HFStreamingSource(IterableSource):
     """A HuggingFace ``IterableDataset``, read in order: iteration only.
 
     For datasets too large to materialise. A pipeline over it iterates (its
@@ -156,6 +156,9 @@ class HFStreamingSource(IterableSourceBase):
         self.shuffle_buffer = shuffle_buffer
         self.spec = _peek_spec(dataset, names, chunk_size)
         self.length = _length(dataset, split, length, chunk_size)
+
+    def __len__(self) -> int:
+        return self.length
 
     @property
     def element_spec(self) -> ElementSpec:

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from datarax.core import ElementSpec
-from datarax.sources import EagerSourceBase, HostSourceBase, IterableSourceBase
+from datarax.core import ElementSpec, IterableSource, SourceBase
+from datarax.sources import EagerSourceBase, HostSourceBase
 
 #: Records per ``__getitems__`` call while materialising a split: large enough
 #: that the call's own overhead vanishes, small enough that the decoded Python
@@ -363,7 +363,7 @@ class _Reader:
             yield {f.name: _get(chunk, f.path) for f in self.fields}
 
 
-class TFDSStreamingSource(HostSourceBase):
+class TFDSStreamingSource(SourceBase):
     """A split of a prepared TFDS builder, read on demand, never materialised.
 
     For splits too large to hold in memory. How it reads depends on the format
@@ -411,12 +411,27 @@ class TFDSStreamingSource(HostSourceBase):
             losses = pipe.scan(train_step, length=1000, modules=(model,))
     """
 
+    #: Both kinds shuffle: by permutation (random access) or tf.data buffer.
+    supports_shuffle = True
     random_access_alternative = (
         "a random-access builder: prepare it again with file_format='array_record' "
         "(tfds.builder(name, data_dir=..., file_format='array_record')"
         ".download_and_prepare()), or datarax.integrations.tfds.TFDSSource if the "
         "split fits in memory"
     )
+
+    def __new__(
+        cls,
+        name_or_builder: str | tfds.core.DatasetBuilder | None = None,
+        **kwargs: Any,
+    ) -> TFDSStreamingSource:
+        # One constructor, two kinds of source: the builder's file format decides
+        # whether this is a random-access or an iteration-only source.
+        if cls is TFDSStreamingSource:
+            owner = "TFDSStreamingSource"
+            builder = _open_builder(name_or_builder, kwargs.get("data_dir"), owner)
+            cls = _streaming_kind(builder)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -426,28 +441,14 @@ class TFDSStreamingSource(HostSourceBase):
         data_dir: Any = None,
         features: Sequence[str] | None = None,
     ):
-        owner = type(self).__name__
+        owner = "TFDSStreamingSource"
         builder = _open_builder(name_or_builder, data_dir, owner)
         length = _check_split(builder, split, owner)
         fields = _array_fields(builder, features, owner)
-        if _random_access(builder):
+        data_source = None  # iteration only: tf.data reads the split in order
+        if isinstance(self, HostSourceBase):
             data_source = builder.as_data_source(split=split)
             length = len(data_source)
-        elif _tensorflow_available():
-            data_source = None
-            # Iteration only: Pipeline serves it through host_batches, and
-            # scan / step / get_batch_at explain why they cannot.
-            self.random_access = False
-        else:
-            raise RuntimeError(
-                f"{owner}: {builder.name!r} is prepared in {builder.data_dir} in the "
-                f"{_format(builder)} format, which only TensorFlow can read (in "
-                "order, not by position), and TensorFlow is not installed. Prepare "
-                "it again in a random-access format, read without TensorFlow: "
-                f"tfds.builder({builder.name!r}, data_dir=<another dir>, "
-                "file_format='array_record').download_and_prepare(); or install "
-                "tensorflow (pip install tensorflow-cpu) to iterate it."
-            )
         if length == 0:
             raise ValueError(
                 f"{owner}: split {split!r} of {builder.name!r} holds no records."
@@ -457,6 +458,9 @@ class TFDSStreamingSource(HostSourceBase):
         self.split = str(split)
         self.reader = _Reader(builder, self.split, data_source, fields)
 
+    def __len__(self) -> int:
+        return self.length
+
     @property
     def element_spec(self) -> ElementSpec:
         """Shape and dtype of one record, per field (dtypes as JAX holds them)."""
@@ -464,19 +468,45 @@ class TFDSStreamingSource(HostSourceBase):
             f.name: jax.ShapeDtypeStruct(f.shape, f.dtype) for f in self.reader.fields
         }
 
+
+class TFDSRandomAccessSource(TFDSStreamingSource, HostSourceBase):
+    """A :class:`TFDSStreamingSource` over an ``array_record`` (or parquet) builder.
+
+    What ``TFDSStreamingSource(...)`` returns for a random-access format: every
+    mode works, records are read on the host on demand.
+    """
+
     def host_read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Records ``rows`` of the split, read with one ``__getitems__``."""
         return self.reader.read(rows)
 
+
+class TFDSIterableSource(TFDSStreamingSource, IterableSource):
+    """A :class:`TFDSStreamingSource` over a ``tfrecord`` builder: iteration only.
+
+    What ``TFDSStreamingSource(...)`` returns for TFRecord files when TensorFlow
+    is installed; ``tf.data`` reads the split in order.
+    """
+
     def iter_epoch(
         self, epoch: int, key_data: np.ndarray | None, skip: int
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Iteration only (tfrecord): chunks of epoch ``epoch`` from ``skip``."""
+        """Chunks of epoch ``epoch`` from ``skip``, through ``tf.data``."""
         return self.reader.iter_epoch(epoch, key_data, skip)
 
-    def host_batches(
-        self, start: int, batch_size: int, key_data: np.ndarray | None
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Iteration only (tfrecord): full batches of the stream from ``start``."""
-        # The epoch-to-batches logic of the iteration-only base, over iter_epoch.
-        return IterableSourceBase.host_batches(self, start, batch_size, key_data)
+
+def _streaming_kind(builder: tfds.core.DatasetBuilder) -> type[TFDSStreamingSource]:
+    """The kind of streaming source a prepared builder's format allows."""
+    if _random_access(builder):
+        return TFDSRandomAccessSource
+    if _tensorflow_available():
+        return TFDSIterableSource
+    raise RuntimeError(
+        f"TFDSStreamingSource: {builder.name!r} is prepared in {builder.data_dir} "
+        f"in the {_format(builder)} format, which only TensorFlow can read (in "
+        "order, not by position), and TensorFlow is not installed. Prepare it "
+        "again in a random-access format, read without TensorFlow: "
+        f"tfds.builder({builder.name!r}, data_dir=<another dir>, "
+        "file_format='array_record').download_and_prepare(); or install "
+        "tensorflow (pip install tensorflow-cpu) to iterate it."
+    )

@@ -16,8 +16,15 @@ from datarax.integrations._extras import require
 require("tfds", "tensorflow_datasets")
 
 from datarax.integrations._tfds_source import (  # noqa: E402 (after the guard)
+    TFDSIterableSource as TFDSIterableSource,
+    TFDSRandomAccessSource as TFDSRandomAccessSource,
     TFDSSource as TFDSSource,
     TFDSStreamingSource as TFDSStreamingSource,
 )
 
-__all__ = ["TFDSSource", "TFDSStreamingSource"]
+__all__ = [
+    "TFDSIterableSource",
+    "TFDSRandomAccessSource",
+    "TFDSSource",
+    "TFDSStreamingSource",
+]

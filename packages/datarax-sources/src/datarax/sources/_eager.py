@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from datarax.core import Batch, DataVar, ElementSpec
-from datarax.sources._order import OrderedSource, record_indices
+from datarax.sources._order import OrderedSource, OrderPlan
 
 
 def validate_fields(
@@ -100,17 +100,22 @@ class EagerSourceBase(OrderedSource):
             for name, var in zip(self.names, self.arrays, strict=True)
         }
 
-    def _read(
-        self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None
+    def read(
+        self,
+        plan: OrderPlan | None,
+        start: jax.Array,
+        batch_size: int,
+        key: jax.Array | None,
     ) -> Batch:
-        arrays = [var[...] for var in self.arrays]
+        """The batch at ``start``: a slice in natural order, else one gather."""
         if plan is None and batch_size <= self.length:
             offset = start % self.length
-            windows = [_window(a, offset, batch_size) for a in arrays]
+            windows = [_window(var[...], offset, batch_size) for var in self.arrays]
             return dict(zip(self.names, windows, strict=True))
-        return self._gather(record_indices(plan, start, batch_size, self.length))
+        return super().read(plan, start, batch_size, key)
 
-    def _gather(self, index: jax.Array) -> Batch:
+    def gather(self, index: jax.Array) -> Batch:
+        """The records at ``index``, one ``jnp.take`` per field."""
         return {
             name: jnp.take(var[...], index, axis=0, mode="clip")
             for name, var in zip(self.names, self.arrays, strict=True)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import numpy as np
 
 from datarax.core import Batch
-from datarax.core._source import iteration_only_message
-from datarax.sources._order import OrderedSource, record_indices
+from datarax.sources._order import OrderedSource
 
 #: Bytes a compiled run reads per host callback.
 READ_BYTES = 8 * 2**20
@@ -40,19 +38,16 @@ class HostSourceBase(OrderedSource):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement host_read.")
 
-    def _steps_per_read(self, batch_size: int) -> int:
+    def steps_per_read(self, batch_size: int) -> int:
+        """Batches per read: about ``READ_BYTES`` of records, at most 64."""
         record_bytes = sum(
             math.prod(s.shape) * np.dtype(s.dtype).itemsize
             for s in self.element_spec.values()
         )
         return max(1, min(64, READ_BYTES // max(1, batch_size * record_bytes)))
 
-    def _read(
-        self, plan: Any, start: jax.Array, batch_size: int, key: jax.Array | None
-    ) -> Batch:
-        return self.read_records(record_indices(plan, start, batch_size, self.length))
-
-    def _gather(self, index: jax.Array) -> Batch:
+    def gather(self, index: jax.Array) -> Batch:
+        """The records at ``index``, read on the host through one callback."""
         return self.read_records(index)
 
     def read_records(self, index: jax.Array) -> Batch:
@@ -61,8 +56,6 @@ class HostSourceBase(OrderedSource):
         Traceable; under ``jax.vmap`` the callback receives the whole batch of
         indices at once.
         """
-        if not self.random_access:  # an instance that turned iteration-only
-            raise TypeError(iteration_only_message(self, "get_batch_at"))
         spec = self.element_spec
         shapes = tuple(
             jax.ShapeDtypeStruct((*index.shape, *s.shape), s.dtype)

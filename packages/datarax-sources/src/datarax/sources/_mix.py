@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from datarax.core import Batch, DataSource, ElementSpec
-from datarax.core._source import fold_in_host, iteration_only_message
-from datarax.sources._order import OrderedSource, mix_bits
+from datarax.core import (
+    Batch,
+    DataSource,
+    ElementSpec,
+    IterableSource,
+    PlannedSource,
+    fold_in_host,
+)
+from datarax.sources._order import mix_bits
 
 #: Positions per block; every block holds a fixed quota of each source.
 DEFAULT_BLOCK_SIZE = 1000
@@ -39,7 +45,7 @@ def _quotas(weights: Sequence[float], block_size: int) -> tuple[int, ...]:
     return tuple(quotas)
 
 
-class MixDataSourcesNode(DataSource):
+class MixDataSourcesNode(PlannedSource[MixPlan, tuple]):
     """A source that draws each stream position from one of several sources.
 
     Positions are grouped in blocks of ``block_size``; every block holds a fixed
@@ -90,15 +96,15 @@ class MixDataSourcesNode(DataSource):
         if not sources:
             raise ValueError("MixDataSourcesNode needs at least one source.")
         for index, source in enumerate(sources):
+            if isinstance(source, IterableSource):
+                raise TypeError(
+                    f"MixDataSourcesNode: sources[{index}] cannot be mixed; "
+                    + source.needs_random_access("mixing")
+                )
             if not isinstance(source, DataSource):
                 raise TypeError(
                     f"MixDataSourcesNode: sources[{index}] is a "
                     f"{type(source).__name__}, not a datarax DataSource."
-                )
-            if not source.random_access:
-                raise TypeError(
-                    f"MixDataSourcesNode: sources[{index}] cannot be mixed; "
-                    + iteration_only_message(source, "mixing")
                 )
         weights = [float(w) for w in weights]
         if len(weights) != len(sources):
@@ -151,12 +157,14 @@ class MixDataSourcesNode(DataSource):
             return [None] * len(self.sources)
         return [jax.random.fold_in(key, i + 1) for i in range(len(self.sources))]
 
-    def _steps_per_read(self, batch_size: int) -> int:
-        return max(s._steps_per_read(batch_size) for s in self.sources)
+    def steps_per_read(self, batch_size: int) -> int:
+        """The most batches per read any child asks for."""
+        return max(s.steps_per_read(batch_size) for s in self.sources)
 
-    def _host_plan(
+    def host_plan(
         self, start: int, num_records: int, key_data: np.ndarray | None
-    ) -> Any:
+    ) -> tuple:
+        """Each child's host plan for the child positions the run reads."""
         blocks = self._blocks(num_records)
         first = start // self.block_size
         keys = [  # the children's keys, as _child_keys derives them in-graph
@@ -164,17 +172,18 @@ class MixDataSourcesNode(DataSource):
             for i in range(len(self.sources))
         ]
         return tuple(
-            child._host_plan(first * q, max(1, blocks * q), k)
+            child.host_plan(first * q, max(1, blocks * q), k)
             for child, q, k in zip(self.sources, self.quotas, keys, strict=True)
         )
 
-    def _plan(
+    def plan(
         self,
         start: jax.Array,
         num_records: int,
         key: jax.Array | None,
-        host_plan: Any = None,
+        host_plan: tuple | None = None,
     ) -> MixPlan:
+        """Which child serves each position of the run, and the children's plans."""
         block_size, count = self.block_size, len(self.sources)
         blocks = self._blocks(num_records)
         first = start // block_size
@@ -202,14 +211,15 @@ class MixDataSourcesNode(DataSource):
         for child, q, k, h in zip(
             self.sources, self.quotas, self._child_keys(key), host, strict=True
         ):
-            children.append(child._plan(first * q, max(1, blocks * q), k, h))
+            children.append(child.plan(first * q, max(1, blocks * q), k, h))
         return MixPlan(
             first * block_size, source.reshape(-1), rank.reshape(-1), tuple(children)
         )
 
-    def _read(
+    def read(
         self, plan: MixPlan, start: jax.Array, batch_size: int, key: jax.Array | None
     ) -> Batch:
+        """The batch at ``start``: each position read from the child it drew."""
         offset = start - plan.table_start
         source = jax.lax.dynamic_slice(plan.source, (offset,), (batch_size,))
         rank = jax.lax.dynamic_slice(plan.rank, (offset,), (batch_size,))
@@ -222,12 +232,10 @@ class MixDataSourcesNode(DataSource):
             child, child_plan, child_key = self.sources[i], plan.children[i], keys[i]
 
             def read(position):
-                if isinstance(child, OrderedSource):
-                    # A table lookup and a gather: under vmap they batch into one
-                    # gather over the batch, where _read's window costs several.
-                    one = child._read_at(child_plan, position[None], child_key)
-                else:
-                    one = child._read(child_plan, position, 1, child_key)
+                # read_at of an ordered child is a table lookup and a gather:
+                # under vmap they batch into one gather over the batch, where a
+                # read of a one-record window costs several kernels.
+                one = child.read_at(child_plan, position[None], child_key)
                 return {name: value[0] for name, value in one.items()}
 
             return read

@@ -17,14 +17,14 @@ change when JAX or NumPy change their random number generators.
 
 from __future__ import annotations
 
-import collections
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from datarax.core import Batch, DataSource
+from datarax.core import Batch, PlannedSource
 
 
 class OrderPlan(NamedTuple):
@@ -96,9 +96,11 @@ def epoch_table(key: jax.Array, epoch: jax.Array, length: int) -> jax.Array:
     return jnp.argsort(keys).astype(jnp.int32)
 
 
-# Per-epoch permutations, on the device, reused by every run in the epoch.
-_TABLES: collections.OrderedDict[tuple, jax.Array] = collections.OrderedDict()
-_MAX_TABLES = 8
+@functools.lru_cache(maxsize=8)
+def _device_table(key_bytes: bytes, epoch: int, length: int) -> jax.Array:
+    """One epoch's permutation on the device, reused by every run in the epoch."""
+    key_data = np.frombuffer(key_bytes, np.uint32)
+    return jax.device_put(epoch_table_host(key_data, epoch, length))
 
 
 def host_order_plan(
@@ -112,19 +114,12 @@ def host_order_plan(
     if key_data is None:
         return None
     first = start // length
-    tables = []
-    for epoch in range(first, first + _epochs_touched(num_records, length)):
-        cache_key = (key_data.tobytes(), epoch, length)
-        table = _TABLES.get(cache_key)
-        if table is None:
-            table = jax.device_put(epoch_table_host(key_data, epoch, length))
-            _TABLES[cache_key] = table
-            if len(_TABLES) > _MAX_TABLES:
-                _TABLES.popitem(last=False)
-        else:
-            _TABLES.move_to_end(cache_key)
-        tables.append(table)
-    return np.asarray(first * length, np.int32), tuple(tables)
+    key_bytes = np.asarray(key_data, np.uint32).tobytes()
+    tables = tuple(
+        _device_table(key_bytes, epoch, length)
+        for epoch in range(first, first + _epochs_touched(num_records, length))
+    )
+    return np.asarray(first * length, np.int32), tables
 
 
 def plan_order(
@@ -174,13 +169,14 @@ def position_indices(
     return jnp.take(plan.table, positions - plan.table_start, mode="clip")
 
 
-class OrderedSource(DataSource):
+class OrderedSource(PlannedSource[OrderPlan | None, HostOrderPlan | None]):
     """Base for sources of ``length`` records served in the shared order.
 
-    Implements the planning hooks: natural order, or the per-epoch permutations
-    of this module, made on the host once per epoch when a pipeline drives the
-    source and in-graph otherwise. Subclasses set ``self.length`` and implement
-    ``_read`` (usually over :func:`record_indices`).
+    Implements the planning side of the source protocol: natural order, or the
+    per-epoch permutations of this module, made on the host once per epoch when
+    a pipeline drives the source and in-graph otherwise. Subclasses set
+    ``self.length`` and implement :meth:`gather`; ``read`` and ``read_at`` look
+    the records' indices up in the plan and gather them.
     """
 
     supports_shuffle = True
@@ -189,32 +185,40 @@ class OrderedSource(DataSource):
     def __len__(self) -> int:
         return self.length
 
-    def _host_plan(
+    def host_plan(
         self, start: int, num_records: int, key_data: np.ndarray | None
     ) -> HostOrderPlan | None:
+        """The permutations of the epochs the run touches, made on the host."""
         return host_order_plan(start, num_records, self.length, key_data)
 
-    def _plan(
+    def plan(
         self,
         start: jax.Array,
         num_records: int,
         key: jax.Array | None,
-        host_plan: Any = None,
+        host_plan: HostOrderPlan | None = None,
     ) -> OrderPlan | None:
+        """The order of the run's positions (``None`` in natural order)."""
         return plan_order(start, num_records, self.length, key, host_plan)
 
-    def _read_at(
+    def read(
+        self,
+        plan: OrderPlan | None,
+        start: jax.Array,
+        batch_size: int,
+        key: jax.Array | None,
+    ) -> Batch:
+        """The batch at ``start``: its record indices looked up, then gathered."""
+        del key  # the plan already holds the order the key chose
+        return self.gather(record_indices(plan, start, batch_size, self.length))
+
+    def read_at(
         self, plan: OrderPlan | None, positions: jax.Array, key: jax.Array | None
     ) -> Batch:
-        """The records at arbitrary stream ``positions`` (int32 ``[n]``).
+        """The records at arbitrary stream ``positions``: one lookup, one gather."""
+        del key
+        return self.gather(position_indices(plan, positions, self.length))
 
-        For readers that pick positions themselves (the mixer): one vectorised
-        lookup and one :meth:`_gather`, where a read per position would cost a
-        kernel each.
-        """
-        del key  # the plan already holds the order the key chose
-        return self._gather(position_indices(plan, positions, self.length))
-
-    def _gather(self, index: jax.Array) -> Batch:
-        """The records at record indices ``index`` (int32 ``[n]``)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _gather.")
+    def gather(self, index: jax.Array) -> Batch:
+        """The records at record indices ``index`` (int32, any shape; traced)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement gather.")

@@ -1,4 +1,4 @@
-"""IterableSourceBase: iteration-only sources feed the same stream as random access."""
+"""IterableSource: iteration-only sources feed the same stream as random access."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 from flax import nnx
 from hypothesis import given, strategies as st
 
-from datarax import Pipeline
+from datarax import IterableSource, Pipeline
 from datarax.checkpoint import load_state_dict, state_dict
 from datarax.operators import ElementOperator
-from datarax.sources import IterableSourceBase, MemorySource
+from datarax.sources import MemorySource
 from datarax.sources._order import epoch_table_host
 
 
-class ArrayStream(IterableSourceBase):
+class ArrayStream(IterableSource):
     """A real in-order stream: yields chunks of 3 records, shuffles per epoch."""
 
     supports_shuffle = True
@@ -28,6 +28,9 @@ class ArrayStream(IterableSourceBase):
         self.chunk = chunk
         spec = spec or {k: (v.shape[1:], str(v.dtype)) for k, v in data.items()}
         self.spec = tuple(spec.items())  # static attributes must be hashable
+
+    def __len__(self):
+        return self.length
 
     @property
     def element_spec(self):
@@ -137,3 +140,11 @@ def test_a_mix_refuses_an_iteration_only_child():
         TypeError, match=r"sources\[1\] cannot be mixed.*iteration-only"
     ):
         MixDataSourcesNode([MemorySource(data()), ArrayStream(data())], [1, 1])
+
+
+def test_the_old_base_name_still_works_with_a_warning():
+    import datarax.sources
+
+    with pytest.warns(DeprecationWarning, match="datarax.core.IterableSource"):
+        old = datarax.sources.IterableSourceBase
+    assert old is IterableSource

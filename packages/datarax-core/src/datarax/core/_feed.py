@@ -1,0 +1,196 @@
+"""The feed: a pipeline's stream state and the assembly of its batches.
+
+Everything between a pipeline's position and a finished batch lives here: the
+window of records a run reads (start position, run keys, the source's plan), the
+read of one batch or of several at once, the stages run with each record's
+stream position published for stochastic operators, and the host-side
+bookkeeping of position and epoch. Compiled programs and iterators call these
+functions; the module knows a pipeline only through the :class:`Stream`
+protocol, so it imports nothing above it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from datarax.core._keys import RunKeys, host_shuffle_key, run_keys
+from datarax.core._records import RecordContext, batch_positions, record_context
+from datarax.core._source import Batch, DataSource, SourceBase
+from datarax.core._stages import checked_output
+
+_INT32_MAX = 2**31 - 1
+
+
+class Stream(Protocol):
+    """What the feed needs of a pipeline."""
+
+    source: SourceBase
+    batch_size: int
+    shuffle: bool
+    num_epochs: int | None
+    drop_last: bool
+    key: nnx.Variable  # raw key data of the seed
+    position: nnx.Variable  # int32 scalar: records served
+    epoch: nnx.Variable  # int32 scalar: position // len(source)
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Runs the stages on one batch of records."""
+        ...
+
+    def operator_identities(self) -> dict[int, tuple]:
+        """``id(operator)`` -> identity, for the stochastic operators."""
+        ...
+
+
+class Window(NamedTuple):
+    """The records one compiled run reads: where it starts, its keys, its plan."""
+
+    start: jax.Array  # int32 stream position of the run's first record
+    keys: RunKeys
+    plan: Any  # the source's plan for the run's records
+
+
+def is_traced(stream: Stream) -> bool:
+    """Whether the pipeline's state is being traced (inside the user's jit)."""
+    return isinstance(stream.position.get_raw_value(), jax.core.Tracer)
+
+
+def open_window(stream: Stream, num_records: int, host_plan: Any = None) -> Window:
+    """The window of the next ``num_records`` records (traced, once per run)."""
+    source: DataSource = stream.source  # type: ignore[assignment]
+    start = jnp.asarray(stream.position[...], jnp.int32)
+    keys = run_keys(stream.key[...], stream.shuffle)
+    plan = source.plan(start, num_records, keys.shuffle, host_plan)
+    return Window(start, keys, plan)
+
+
+def host_plan(stream: Stream, num_records: int) -> Any:
+    """The source's host-made plan for the next ``num_records`` records.
+
+    ``None`` inside a trace (``scan`` within the user's own jit): the source then
+    plans inside the compiled run.
+    """
+    if is_traced(stream):
+        return None
+    source: DataSource = stream.source  # type: ignore[assignment]
+    key_data = host_shuffle_key(stream.key.get_raw_value(), stream.shuffle)
+    return source.host_plan(int(stream.position.get_raw_value()), num_records, key_data)
+
+
+def _local_size(stream: Stream) -> tuple[int, int]:
+    """This process's share of a global batch and where it starts in the batch."""
+    local = stream.batch_size // jax.process_count()
+    return local, jax.process_index() * local
+
+
+def read_batch(stream: Stream, window: Window, start: jax.Array) -> Batch:
+    """This process's slice of the batch at stream position ``start``, staged."""
+    source: DataSource = stream.source  # type: ignore[assignment]
+    local, low = _local_size(stream)
+    raw = source.read(window.plan, start + low, local, window.keys.shuffle)
+    return _run_stages(stream, raw, start + low, local, window.keys)
+
+
+def read_batches(stream: Stream, window: Window, count: int) -> list[Batch]:
+    """The ``count`` batches from the window's start, read from the source at once.
+
+    One read of ``count * batch_size`` records, sliced statically, costs XLA:CPU
+    one kernel where a read per batch costs several per batch.
+    """
+    source: DataSource = stream.source  # type: ignore[assignment]
+    size = stream.batch_size
+    raw = source.read(window.plan, window.start, count * size, window.keys.shuffle)
+    return [
+        stage_records(
+            stream,
+            {name: x[k * size : (k + 1) * size] for name, x in raw.items()},
+            window.start + k * size,
+            window.keys,
+        )
+        for k in range(count)
+    ]
+
+
+def stage_records(stream: Stream, raw: Batch, start: jax.Array, keys: RunKeys) -> Batch:
+    """Runs the stages on this process's slice of a global batch of records."""
+    local, low = _local_size(stream)
+    part = {name: x[low : low + local] for name, x in raw.items()}
+    return _run_stages(stream, part, start + low, local, keys)
+
+
+def _run_stages(
+    stream: Stream, raw: Batch, start: jax.Array, count: int, keys: RunKeys
+) -> Batch:
+    """Runs the stages on records read from stream positions ``start...``."""
+    context = RecordContext(
+        positions=batch_positions(start, count),
+        source_length=len(stream.source),
+        op_key=keys.ops,
+        identities=stream.operator_identities(),
+    )
+    with record_context(context):
+        return checked_output(stream(raw), type(stream).__name__)
+
+
+def traced_step(stream: Stream) -> Batch:
+    """The next full batch inside the caller's trace; the position moves on."""
+    window = open_window(stream, stream.batch_size)
+    batch = read_batch(stream, window, window.start)
+    set_traced_position(stream, window.start + stream.batch_size)
+    return batch
+
+
+def set_traced_position(stream: Stream, position: jax.Array) -> None:
+    """Sets position and epoch inside a trace."""
+    stream.position.set_value(position)
+    stream.epoch.set_value(position // len(stream.source))
+
+
+def advance(stream: Stream, count: int) -> None:
+    """Moves the stream position forward by ``count`` records (host or trace)."""
+    raw = stream.position.get_raw_value()
+    if isinstance(raw, jax.core.Tracer):  # scan() inside the user's own jit
+        set_traced_position(stream, raw + count)
+    else:
+        write_position(stream, int(raw) + count)
+
+
+def write_position(stream: Stream, position: int) -> None:
+    """Sets position and epoch from the host, outside any trace.
+
+    Host NumPy scalars: the host advances them without a device round trip, and
+    the epoch Variable is written only when the epoch changes.
+
+    Raises:
+        OverflowError: past 2**31 - 1 records (int32 positions).
+    """
+    if position > _INT32_MAX:
+        raise OverflowError(
+            f"stream position {position} passed 2**31 - 1 records; build a new "
+            "pipeline (the record stream of epoch e is the same in any pipeline of "
+            "the same construction)."
+        )
+    stream.position.set_raw_value(np.asarray(position, np.int32))
+    epoch = position // len(stream.source)
+    if int(stream.epoch.get_raw_value()) != epoch:
+        stream.epoch.set_raw_value(np.asarray(epoch, np.int32))
+
+
+def records_due(stream: Stream, position: int) -> int:
+    """Records the next iterated batch holds (``batch_size`` but at the end).
+
+    Raises:
+        StopIteration: when ``num_epochs`` are served (or only a short batch is
+            left and ``drop_last`` is set).
+    """
+    if stream.num_epochs is None:
+        return stream.batch_size
+    remaining = stream.num_epochs * len(stream.source) - position
+    if remaining <= 0 or (stream.drop_last and remaining < stream.batch_size):
+        raise StopIteration
+    return min(stream.batch_size, remaining)
