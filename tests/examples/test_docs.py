@@ -1,4 +1,4 @@
-"""Every Python example in the integration docs runs as written."""
+"""Every Python example in the integration and source docs runs as written."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "integrations"
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [
+    ROOT / "docs" / "sources.md",
+    *sorted((ROOT / "docs/integrations").glob("*.md")),
+]
 NEEDS = {"hf.md": "datasets", "tfds.md": "tensorflow_datasets"}
 NEEDS["arrayrecord.md"] = "array_record"
 
 
 def blocks() -> list:
     found = []
-    for page in sorted(DOCS.glob("*.md")):
+    for page in PAGES:
         text = page.read_text()
         for index, code in enumerate(re.findall(r"```python\n(.*?)```", text, re.S)):
             found.append(pytest.param(page.name, code, id=f"{page.stem}-{index}"))

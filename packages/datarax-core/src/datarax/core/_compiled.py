@@ -88,25 +88,47 @@ class AttributeSlot:
     """A plain array attribute of a module, read and written like a Variable.
 
     nnx treats such attributes as state (``nnx.jit`` carries them); so do
-    compiled runs. Holds its module weakly, and keeps the graph's identity
-    snapshot current when it writes (a write is not a structural change).
+    compiled runs. The owner is a module (held weakly; a write keeps the graph's
+    identity snapshot current, as a write is not a structural change) or a
+    plain list or dict inside one (``nnx.data([...])``), written item by item.
     """
 
-    def __init__(self, graph: Graph, owner: nnx.Pytree, name: str | int, at: int):
+    def __init__(
+        self, graph: Graph, owner: Any, name: str | int, at: int | None
+    ) -> None:
         self._graph = graph
-        self._owner = weakref.ref(owner)
         self._name = name
-        self._at = at  # index of the owner's attribute dict in the graph snapshot
+        self._at = at  # index of the owner's attributes in the graph snapshot
+        if at is None:  # a plain container: it cannot keep the pipeline alive
+            self._container, self._module = owner, None
+        else:
+            self._container, self._module = None, weakref.ref(owner)
+
+    def _owner(self) -> Any:
+        return self._container if self._module is None else self._module()
 
     def get_raw_value(self) -> Any:
         """The attribute's current value."""
-        return getattr(self._owner(), str(self._name))
+        owner = self._owner()
+        if self._module is None or isinstance(self._name, int):
+            return owner[self._name]
+        return getattr(owner, self._name)
 
     def set_raw_value(self, value: Any) -> None:
-        """Sets the attribute (as ``nnx.update`` would) and refreshes the guard."""
+        """Sets the attribute, as ``nnx.update`` would after ``nnx.jit``."""
         owner = self._owner()
-        setattr(owner, str(self._name), value)
-        self._graph.refresh(self._at)
+        if isinstance(owner, tuple):
+            raise TypeError(
+                f"a step changed the array at index {self._name} of a tuple "
+                "attribute, which cannot be updated in place; hold it in an "
+                "nnx.Variable or an nnx.List instead."
+            )
+        if self._module is None or isinstance(self._name, int):
+            owner[self._name] = value
+        else:
+            setattr(owner, self._name, value)
+        if self._at is not None:
+            self._graph.refresh(self._at)
 
 
 class Graph:
@@ -135,7 +157,7 @@ class Graph:
                 continue
             keys = tuple(getattr(k, "key", k) for k in path)
             owner = owners[keys[:-1]]
-            slots.append(AttributeSlot(self, owner, keys[-1], where[id(owner)]))
+            slots.append(AttributeSlot(self, owner, keys[-1], where.get(id(owner))))
         is_data = tuple(isinstance(v, DataVar) for v in slots)
         self.spec = GraphSpec(
             graphdef, jax.tree.structure(state, is_leaf=_is_variable), is_data

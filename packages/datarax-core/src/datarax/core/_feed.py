@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from datarax.core._hostwrite import write_host_value
 from datarax.core._keys import RunKeys, host_shuffle_key, run_keys
 from datarax.core._records import RecordContext, batch_positions, record_context
 from datarax.core._source import Batch, DataSource, SourceBase
@@ -163,8 +164,9 @@ def advance(stream: Stream, count: int) -> None:
 def write_position(stream: Stream, position: int) -> None:
     """Sets position and epoch from the host, outside any trace.
 
-    Host NumPy scalars: the host advances them without a device round trip, and
-    the epoch Variable is written only when the epoch changes.
+    Host NumPy scalars: the host advances them without a device round trip. The
+    position is written once per served batch (see ``_hostwrite``), the epoch
+    only when it changes.
 
     Raises:
         OverflowError: past 2**31 - 1 records (int32 positions).
@@ -175,7 +177,7 @@ def write_position(stream: Stream, position: int) -> None:
             "pipeline (the record stream of epoch e is the same in any pipeline of "
             "the same construction)."
         )
-    stream.position.set_raw_value(np.asarray(position, np.int32))
+    write_host_value(stream.position, np.asarray(position, np.int32))
     epoch = position // len(stream.source)
     if int(stream.epoch.get_raw_value()) != epoch:
         stream.epoch.set_raw_value(np.asarray(epoch, np.int32))
