@@ -148,3 +148,19 @@ def test_the_old_base_name_still_works_with_a_warning():
     with pytest.warns(DeprecationWarning, match="datarax.core.IterableSource"):
         old = datarax.sources.IterableSourceBase
     assert old is IterableSource
+
+    class Written(old):  # as datarax 0.1 documented it: self.length, no __len__
+        supports_shuffle = True
+
+        def __init__(self, data):
+            self.rows = Rows(data)
+            self.length = len(next(iter(data.values())))
+            self.spec = tuple((k, (v.shape[1:], str(v.dtype))) for k, v in data.items())
+
+        element_spec = ArrayStream.element_spec
+        iter_epoch = ArrayStream.iter_epoch
+        chunk = 3
+
+    batches = build(Written(data()), batch_size=10, num_epochs=1)
+    labels = [b["label"].tolist() for b in batches]
+    assert labels == [list(range(10)), list(range(10, 20)), [20, 21, 22]]

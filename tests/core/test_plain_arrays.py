@@ -6,11 +6,13 @@ them in and writes new values back. Compiled runs of a pipeline do the same.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
-from datarax import Pipeline
+from datarax import DataSource, Pipeline
 from datarax.core._compiled import _PROGRAMS
 from datarax.sources import MemorySource
 
@@ -143,3 +145,90 @@ def test_arrays_in_list_and_dict_attributes_are_carried_too():
     assert int(stage.totals["calls"]) == 2
     assert pipe.step()["x"].tolist() == [0.0, 6.0, 12.0, 18.0]
     assert int(stage.totals["calls"]) == 3
+
+
+def test_a_list_that_grows_between_calls_is_seen():
+    class Product(nnx.Module):
+        def __init__(self):
+            self.scales = nnx.data([jnp.array(2.0)])
+
+        def __call__(self, batch):
+            total = 1.0
+            for scale in self.scales:
+                total = total * scale
+            return {"x": batch["x"] * total}
+
+    stage = Product()
+    pipe = make([stage], num_epochs=None)
+    batches = iter(pipe)
+    assert next(batches)["x"].tolist() == [0.0, 2.0, 4.0, 6.0]
+    stage.scales.append(jnp.array(10.0))
+    assert next(batches)["x"].tolist() == [80.0, 100.0, 120.0, 140.0]
+    assert pipe.step()["x"].tolist() == [0.0, 20.0, 40.0, 60.0]
+
+
+def test_arrays_in_other_containers_are_refused_with_the_fix():
+    from typing import NamedTuple
+
+    class Pair(NamedTuple):
+        a: jnp.ndarray
+        b: jnp.ndarray
+
+    class Holder(nnx.Module):
+        def __init__(self):
+            self.pair = nnx.data(Pair(jnp.array(2.0), jnp.array(3.0)))
+
+        def __call__(self, batch):
+            return {"x": batch["x"] * self.pair.a}
+
+    pipe = make([Holder()], num_epochs=None)
+    with pytest.raises(TypeError) as info:
+        pipe.step()
+    message = info.exconly()
+    assert "an array inside a Pair at 'stages/0/pair/a'" in message
+    assert "nnx.Variable" in message
+
+
+def test_a_source_holding_its_data_as_a_plain_array_is_refused():
+    class Naive(DataSource):
+        def __init__(self):
+            self.rows = jnp.arange(10)
+
+        def __len__(self):
+            return 10
+
+        @property
+        def element_spec(self):
+            return {"x": jax.ShapeDtypeStruct((), jnp.int32)}
+
+        def get_batch_at(self, start, batch_size, key=None):
+            index = (start + jnp.arange(batch_size)) % 10
+            return {"x": self.rows[index]}
+
+    pipe = Pipeline(source=Naive(), batch_size=4)
+    with pytest.raises(TypeError) as info:
+        next(iter(pipe))
+    message = info.exconly()
+    assert "the source Naive of the pipeline holds an array" in message
+    assert "'source/rows'" in message and "DataVar" in message
+
+
+def test_a_written_back_counter_does_not_reflatten_other_programs():
+    model = Model()
+    pipe = make([], num_epochs=None)
+
+    def train(m, b):
+        return m(b["x"])
+
+    def evaluate(m, b):
+        return (b["x"] * m.w[...]).sum()
+
+    for _ in range(2):
+        pipe.scan(train, length=1, modules=(model,))
+        pipe.scan(evaluate, length=1, modules=(model,))
+    graphs = {k[1]: _PROGRAMS[pipe].get(k).graph for k in _PROGRAMS[pipe].keys()}
+    pipe.scan(train, length=1, modules=(model,))
+    pipe.scan(evaluate, length=1, modules=(model,))
+    after = {k[1]: _PROGRAMS[pipe].get(k).graph for k in _PROGRAMS[pipe].keys()}
+    assert after == graphs  # the same Graph objects: nothing flattened again
+    assert int(model.count) == 3

@@ -6,7 +6,8 @@ from typing import Any
 
 import jax
 
-from datarax.core._source import SourceBase
+from datarax.core._iterable import IterableSource
+from datarax.core._source import DataSource
 
 
 def check_positive_int(name: str, value: Any) -> None:
@@ -17,10 +18,11 @@ def check_positive_int(name: str, value: Any) -> None:
 
 def check_options(source: Any, batch_size: Any, shuffle: bool, num_epochs: Any) -> None:
     """Refuses a construction that cannot serve a stream, saying what to change."""
-    if not isinstance(source, SourceBase):
+    if not isinstance(source, DataSource | IterableSource):
         raise TypeError(
-            f"Pipeline source must be a datarax source, got {type(source).__name__}; "
-            "wrap arrays in datarax.sources.MemorySource({...})."
+            f"Pipeline source must be a datarax DataSource (random access) or "
+            f"IterableSource (in order), got {type(source).__name__}; wrap arrays "
+            "in datarax.sources.MemorySource({...})."
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise TypeError(f"batch_size must be a Python int, got {batch_size!r}.")

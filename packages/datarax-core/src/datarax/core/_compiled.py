@@ -36,15 +36,46 @@ from datarax.core._feed import (
     stage_records,
 )
 from datarax.core._keys import run_keys
-from datarax.core._source import DataSource, DataVar
+from datarax.core._source import DataSource, DataVar, SourceBase
 
 
 def _is_variable(x: object) -> bool:
     return isinstance(x, nnx.Variable)
 
 
-def _attribute_ids(attributes: dict) -> tuple[int, ...]:
-    return tuple(map(id, attributes.values()))
+_ARRAY = object()  # any array value, in a snapshot: slots read arrays live
+
+
+def _is_array(value: object) -> bool:
+    return isinstance(value, jax.Array | np.ndarray)
+
+
+class _Watched:
+    """One container the structure guard watches.
+
+    A module's attributes, or a plain list or dict inside a module. The
+    snapshot is the identities of its values, in order. Array values count only
+    as "an array": slots read them afresh on every call, so replacing one (a
+    step writing back a counter) is no structural change, while adding,
+    removing or replacing anything else is.
+    """
+
+    def __init__(self, container: dict | list):
+        self.container = container
+        values = container.values() if isinstance(container, dict) else container
+        self.with_arrays = any(_is_array(v) for v in values)
+        self.snapshot = self.take()
+
+    def take(self) -> tuple:
+        container = self.container
+        if isinstance(container, dict):
+            values: Any = container.values()
+            if not self.with_arrays:  # the common case, the cheapest check
+                return tuple(map(id, values))
+            keys: tuple = tuple(container)
+        else:
+            values, keys = container, ()
+        return keys + tuple(_ARRAY if _is_array(v) else id(v) for v in values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +102,11 @@ class GraphSpec:
         graphdef, state = nnx.split(nodes)
         if graphdef != self.graphdef:
             raise ValueError(
-                "the step changed the structure of the pipeline or of a module "
-                "(added, removed or replaced a Variable or sub-module, or changed a "
-                "static attribute); inside Pipeline.scan only Variable values may "
-                "change. Make structural changes outside the compiled run."
+                "a compiled step changed the structure of the pipeline or of a "
+                "module (added, removed or replaced a Variable or sub-module, or "
+                "changed a static attribute); inside step(), scan and iteration "
+                "only the values of Variables and array attributes may change. "
+                "Make structural changes outside the compiled run."
             )
         leaves = jax.tree.leaves(state, is_leaf=_is_variable)
         return [
@@ -88,21 +120,18 @@ class AttributeSlot:
     """A plain array attribute of a module, read and written like a Variable.
 
     nnx treats such attributes as state (``nnx.jit`` carries them); so do
-    compiled runs. The owner is a module (held weakly; a write keeps the graph's
-    identity snapshot current, as a write is not a structural change) or a
-    plain list or dict inside one (``nnx.data([...])``), written item by item.
+    compiled runs. The owner is a module (held weakly) or a plain list or dict
+    inside one (``nnx.data([...])``), read and written item by item.
     """
 
-    def __init__(
-        self, graph: Graph, owner: Any, name: str | int, at: int | None
-    ) -> None:
-        self._graph = graph
+    def __init__(self, owner: Any, name: str | int):
         self._name = name
-        self._at = at  # index of the owner's attributes in the graph snapshot
-        if at is None:  # a plain container: it cannot keep the pipeline alive
-            self._container, self._module = owner, None
-        else:
-            self._container, self._module = None, weakref.ref(owner)
+        if isinstance(owner, nnx.Pytree):
+            self._module: weakref.ref | None = weakref.ref(owner)
+            self._container = None
+        else:  # a plain list or dict: it holds no reference to the pipeline
+            self._module, self._container = None, owner
+        self._by_item = self._module is None or isinstance(name, int)
 
     def _owner(self) -> Any:
         return self._container if self._module is None else self._module()
@@ -110,25 +139,40 @@ class AttributeSlot:
     def get_raw_value(self) -> Any:
         """The attribute's current value."""
         owner = self._owner()
-        if self._module is None or isinstance(self._name, int):
-            return owner[self._name]
-        return getattr(owner, self._name)
+        return owner[self._name] if self._by_item else getattr(owner, self._name)
 
     def set_raw_value(self, value: Any) -> None:
-        """Sets the attribute, as ``nnx.update`` would after ``nnx.jit``."""
+        """Sets the attribute, as ``nnx.update`` does after ``nnx.jit``."""
         owner = self._owner()
-        if isinstance(owner, tuple):
-            raise TypeError(
-                f"a step changed the array at index {self._name} of a tuple "
-                "attribute, which cannot be updated in place; hold it in an "
-                "nnx.Variable or an nnx.List instead."
-            )
-        if self._module is None or isinstance(self._name, int):
+        if self._by_item:
             owner[self._name] = value
         else:
             setattr(owner, self._name, value)
-        if self._at is not None:
-            self._graph.refresh(self._at)
+
+
+def _slot(owners: dict, path: tuple) -> AttributeSlot:
+    """The slot of the plain array at ``path`` (nnx state keys), or a clear error."""
+    keys = tuple(getattr(k, "key", k) for k in path)
+    where = "/".join(map(str, keys[1:])) or "."
+    which = f"modules[{keys[0] - 1}]" if keys[0] else "the pipeline"
+    for depth in range(1, len(keys)):
+        if isinstance(owners.get(keys[:depth]), SourceBase):
+            raise TypeError(
+                f"the source {type(owners[keys[:depth]]).__name__} of {which} holds "
+                f"an array as a plain attribute at {where!r}: it would be carried "
+                "through every compiled call and written into checkpoints. Hold "
+                "dataset arrays in datarax.DataVar Variables, and memory maps or "
+                "readers behind a plain (non-array) holder object."
+            )
+    owner = owners.get(keys[:-1])
+    if not isinstance(owner, nnx.Pytree | list | dict):
+        raise TypeError(
+            f"{which} holds an array inside a {type(owner).__name__} at {where!r}; "
+            "compiled runs carry plain arrays as module attributes or items of "
+            "lists and dicts only. Wrap it in an nnx.Variable (nnx.Param for "
+            "parameters), or hold the values in an nnx.List / nnx.Dict."
+        )
+    return AttributeSlot(owner, keys[-1])
 
 
 class Graph:
@@ -143,21 +187,18 @@ class Graph:
         graphdef, state = nnx.split(nodes)
         leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)[0]
         owners = {path: node for path, node in nnx.iter_graph(nodes)}
-        # The attribute dicts of every graph node (not the nodes: a dict holds no
-        # reference to its owner, so this keeps no pipeline alive) and the
-        # identities of their values when flattened.
-        pytrees = [n for n in owners.values() if isinstance(n, nnx.Pytree)]
-        self._dicts = [vars(node) for node in pytrees]
-        self._ids = [_attribute_ids(d) for d in self._dicts]
-        where = {id(node): i for i, node in enumerate(pytrees)}
-        slots: list[Any] = []
-        for path, leaf in leaves:
-            if isinstance(leaf, nnx.Variable):
-                slots.append(leaf)
-                continue
-            keys = tuple(getattr(k, "key", k) for k in path)
-            owner = owners[keys[:-1]]
-            slots.append(AttributeSlot(self, owner, keys[-1], where.get(id(owner))))
+        # The attribute dicts of every module and the plain lists and dicts in
+        # them (not the modules: a dict holds no reference to its owner, so this
+        # keeps no pipeline alive).
+        self._watched = [
+            _Watched(vars(node) if isinstance(node, nnx.Pytree) else node)
+            for node in owners.values()
+            if isinstance(node, nnx.Pytree | list | dict)
+        ]
+        slots = [
+            leaf if isinstance(leaf, nnx.Variable) else _slot(owners, path)
+            for path, leaf in leaves
+        ]
         is_data = tuple(isinstance(v, DataVar) for v in slots)
         self.spec = GraphSpec(
             graphdef, jax.tree.structure(state, is_leaf=_is_variable), is_data
@@ -170,23 +211,19 @@ class Graph:
         """Whether ``nodes`` are still exactly the graph that was flattened.
 
         Runs before every call (and every buffered batch), so it is one pass of
-        identity checks: any attribute of any node that was replaced, added or
-        removed since the flattening shows as a different tuple of ids.
+        identity checks: anything in any watched container that was replaced,
+        added or removed since the flattening shows as a different snapshot.
         """
         if len(nodes) != len(self._nodes):
             return False
         for new, old in zip(nodes, self._nodes, strict=True):
             if new is not old():
                 return False
-        return [_attribute_ids(d) for d in self._dicts] == self._ids
+        return all(w.take() == w.snapshot for w in self._watched)
 
     def nodes(self) -> tuple:
         """The flattened nodes (while they live)."""
         return tuple(ref() for ref in self._nodes)
-
-    def refresh(self, at: int) -> None:
-        """Takes a new identity snapshot of one node's attributes."""
-        self._ids[at] = _attribute_ids(self._dicts[at])
 
     def read(self) -> tuple[list, list]:
         """Current raw values: (carried, data)."""

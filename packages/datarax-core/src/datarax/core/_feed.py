@@ -179,7 +179,9 @@ def write_position(stream: Stream, position: int) -> None:
         )
     write_host_value(stream.position, np.asarray(position, np.int32))
     epoch = position // len(stream.source)
-    if int(stream.epoch.get_raw_value()) != epoch:
+    held = stream.epoch.get_raw_value()
+    # A device value (left by the user's own jit) is replaced, not read back.
+    if not isinstance(held, np.ndarray) or int(held) != epoch:
         stream.epoch.set_raw_value(np.asarray(epoch, np.int32))
 
 

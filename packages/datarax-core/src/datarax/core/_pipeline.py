@@ -112,7 +112,7 @@ class Pipeline(nnx.Module):
         self.position = StreamVar(np.asarray(0, np.int32))
         self.epoch = StreamVar(np.asarray(0, np.int32))
         self.nodes: nnx.Dict | None = None
-        self.dag: Dag | None = None
+        self._dag: Dag | None = None
 
     @classmethod
     def from_dag(
@@ -162,18 +162,23 @@ class Pipeline(nnx.Module):
         check_callables(dict(nodes), "DAG node")
         pipe = cls(source=source, **kwargs)
         pipe.nodes = nnx.data(nnx.Dict(dict(nodes)))
-        pipe.dag = dag
+        pipe._dag = dag
         return pipe
+
+    @property
+    def dag(self) -> Dag | None:
+        """For a DAG pipeline, its wiring (edges, sink, run order); else ``None``."""
+        return self._dag
 
     @property
     def edges(self) -> dict[str, list[str]] | None:
         """For a DAG pipeline, node name -> predecessors; else ``None``."""
-        return None if self.dag is None else self.dag.edges_dict()
+        return None if self._dag is None else self._dag.edges_dict()
 
     @property
     def sink(self) -> str | None:
         """For a DAG pipeline, the node whose output is the batch; else ``None``."""
-        return None if self.dag is None else self.dag.sink
+        return None if self._dag is None else self._dag.sink
 
     def __call__(self, batch: Batch) -> Batch:
         """Runs the stages (or the DAG) on one batch from the source.
@@ -181,9 +186,9 @@ class Pipeline(nnx.Module):
         Override in a subclass to wire stages any way you like; stochastic
         operators reached from ``self`` get their per-record keys either way.
         """
-        if self.dag is not None:
+        if self._dag is not None:
             assert self.nodes is not None
-            return self.dag.run(self.nodes, batch)
+            return self._dag.run(self.nodes, batch)
         for index, stage in enumerate(self.stages):
             batch = checked_output(stage(batch), f"stage {index} ({stage_name(stage)})")
         return batch
@@ -196,9 +201,9 @@ class Pipeline(nnx.Module):
         operator's per-record keys derive from its identity, never from the
         batch size or the mode.
         """
-        if self.dag is not None:
+        if self._dag is not None:
             assert self.nodes is not None
-            groups = [(("node", n), self.nodes[n]) for n in self.dag.order]
+            groups = [(("node", n), self.nodes[n]) for n in self._dag.order]
             return operator_identities(groups)
         if type(self).__call__ is not Pipeline.__call__:
             return operator_identities([(("graph",), self)], skip="source")

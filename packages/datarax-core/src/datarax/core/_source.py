@@ -48,6 +48,17 @@ class DataVar(nnx.Variable):
     """
 
 
+#: The private hooks of datarax 0.1 sources and their public successors.
+_RENAMED_HOOKS = {
+    "_plan": "plan (subclass PlannedSource)",
+    "_read": "read (subclass PlannedSource)",
+    "_read_at": "read_at",
+    "_host_plan": "host_plan",
+    "_steps_per_read": "steps_per_read",
+    "_gather": "gather (OrderedSource)",
+}
+
+
 class SourceBase(nnx.Module):
     """What every source has: a number of records and the shape of one.
 
@@ -64,8 +75,25 @@ class SourceBase(nnx.Module):
     #: Whether the source can serve each epoch in a keyed permutation.
     supports_shuffle: bool = False
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        old = sorted(set(vars(cls)) & set(_RENAMED_HOOKS))
+        if old:
+            renames = ", ".join(f"{name} -> {_RENAMED_HOOKS[name]}" for name in old)
+            raise TypeError(
+                f"{cls.__name__} defines {old}, private hooks that datarax 0.2 "
+                f"replaced by the public source protocol ({renames}); rename them "
+                "(see 'The source protocol' in docs/sources.md)."
+            )
+
     def __len__(self) -> int:
-        raise NotImplementedError(f"{type(self).__name__} must implement __len__.")
+        """Records per epoch: ``self.length`` unless a subclass says otherwise."""
+        length = getattr(self, "length", None)
+        if length is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement __len__ (or set self.length)."
+            )
+        return int(length)
 
     @property
     def element_spec(self) -> ElementSpec:
@@ -124,8 +152,10 @@ class DataSource(SourceBase, Generic[PlanT, HostPlanT]):
         """Work shared by the batches of positions ``start .. start+num_records-1``.
 
         Traced once per compiled run, before its loop; ``host_plan`` is what
-        :meth:`host_plan` made for the run (``None`` when the run is traced
-        inside a caller's own ``jit``). The default plans nothing.
+        :meth:`host_plan` made for the run. It is ``None`` when a pipeline traces
+        a batch to learn its shapes, in :meth:`get_batch_at` and inside a
+        caller's own ``jit``: then plan the same records without it. The default
+        plans nothing.
         """
         del start, num_records, key, host_plan
         return None
@@ -137,9 +167,11 @@ class DataSource(SourceBase, Generic[PlanT, HostPlanT]):
         batch_size: int,
         key: jax.Array | None,
     ) -> Batch:
-        """One batch inside the window that ``plan`` was made for (traced).
+        """``batch_size`` records from ``start``, inside the plan's window (traced).
 
-        The default calls :meth:`get_batch_at`.
+        Pipelines often read several batches at once (iteration chunks, scan's
+        ``steps_per_read``): a read may hold more than ``len(self)`` records and
+        cross epochs. The default calls :meth:`get_batch_at`.
         """
         del plan
         return self.get_batch_at(start, batch_size, key)
@@ -167,7 +199,10 @@ class DataSource(SourceBase, Generic[PlanT, HostPlanT]):
         Called outside any trace with the run's start position, its number of
         records and the shuffle key's data (``None`` in natural order); sources
         use it to reuse work across runs, such as a permutation made once per
-        epoch. The default makes nothing.
+        epoch. It is an argument of every compiled call: return cached device
+        arrays whose shapes depend only on ``num_records`` (NumPy would be copied
+        on every dispatch, a new shape compiled again). The default makes
+        nothing.
         """
         del start, num_records, key_data
         return None
@@ -175,8 +210,9 @@ class DataSource(SourceBase, Generic[PlanT, HostPlanT]):
     def steps_per_read(self, batch_size: int) -> int:
         """How many batches a compiled run should read at once (default 1).
 
-        Sources whose every read has a fixed cost (a host callback) return more,
-        and ``Pipeline.scan`` reads that many steps' records in one go.
+        Sources whose every read has a fixed cost (a host callback) return more:
+        ``Pipeline.scan`` reads that many steps' records in one go, and
+        iteration computes larger chunks of batches per dispatch.
         """
         del batch_size
         return 1
