@@ -11,8 +11,6 @@ import numpy as np
 
 from datarax.core._compiled import (
     Compiled,
-    Graph,
-    GraphSpec,
     Program,
     build_apply,
     build_chunk,
@@ -22,6 +20,7 @@ from datarax.core._compiled import (
     steps_per_read,
 )
 from datarax.core._feed import Stream, host_plan, records_due, write_position
+from datarax.core._graph import Graph, GraphSpec
 from datarax.core._iterable import IterableSource
 from datarax.core._keys import host_shuffle_key
 from datarax.core._source import Batch

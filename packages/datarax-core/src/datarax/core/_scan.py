@@ -11,13 +11,12 @@ import jax.numpy as jnp
 from datarax.core._compiled import (
     ChangeRecorder,
     Compiled,
-    Graph,
-    GraphSpec,
     nbytes,
     probe_batch,
     steps_per_read,
 )
 from datarax.core._feed import Stream, Window, open_window, read_batch, stage_records
+from datarax.core._graph import Graph, GraphSpec
 
 StepFn = Callable[..., Any]
 
