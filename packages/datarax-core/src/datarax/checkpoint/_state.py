@@ -204,12 +204,14 @@ def _restore_like(template: Any, loaded: Any, where: str) -> Any:
     ):
         expected = jax.random.key_data(template)
         _check_leaf(expected, value, where)
+        # Copies, here and below: a jax array made from a NumPy buffer may share
+        # its memory, and the caller may reuse the dict after loading.
         return jax.random.wrap_key_data(
-            jnp.asarray(value), impl=jax.random.key_impl(template)
+            jnp.array(value, copy=True), impl=jax.random.key_impl(template)
         )
     _check_leaf(np.asarray(template), value, where)
     if isinstance(template, jax.Array):
-        return jnp.asarray(value, dtype=template.dtype)
+        return jnp.array(value, dtype=template.dtype, copy=True)
     return np.array(value, dtype=np.asarray(template).dtype)  # a private copy
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 
 from datarax.core._iterable import IterableSource
 from datarax.core._source import DataSource
@@ -16,7 +17,27 @@ def check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a Python int >= 1, got {value!r}.")
 
 
-def check_options(source: Any, batch_size: Any, shuffle: bool, num_epochs: Any) -> None:
+#: Stream positions are int32: no batch can hold more records.
+MAX_BATCH_SIZE = 2**31 - 1
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool, refusing anything but ``True`` / ``False``.
+
+    A string ``"False"`` or an int would be truthy or falsy by accident.
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}.")
+    return bool(value)
+
+
+def check_options(
+    source: Any,
+    batch_size: Any,
+    shuffle: Any,
+    num_epochs: Any,
+    drop_last: Any,
+) -> None:
     """Refuses a construction that cannot serve a stream, saying what to change."""
     if not isinstance(source, DataSource | IterableSource):
         raise TypeError(
@@ -28,6 +49,13 @@ def check_options(source: Any, batch_size: Any, shuffle: bool, num_epochs: Any) 
         raise TypeError(f"batch_size must be a Python int, got {batch_size!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if batch_size > MAX_BATCH_SIZE:
+        raise ValueError(
+            f"batch_size={batch_size} is beyond the int32 stream positions datarax "
+            f"counts records with (at most {MAX_BATCH_SIZE}); use a smaller batch."
+        )
+    check_bool("shuffle", shuffle)
+    check_bool("drop_last", drop_last)
     processes = jax.process_count()
     if batch_size % processes:
         raise ValueError(
@@ -49,3 +77,10 @@ def check_options(source: Any, batch_size: Any, shuffle: bool, num_epochs: Any) 
         )
     if len(source) < 1:
         raise ValueError(f"the source {type(source).__name__} holds no records.")
+    if drop_last and num_epochs is not None and num_epochs * len(source) < batch_size:
+        raise ValueError(
+            f"iteration would serve no batch: num_epochs={num_epochs} of "
+            f"{len(source)} records hold fewer than batch_size={batch_size}, and "
+            "drop_last=True drops the short one. Pass drop_last=False, more "
+            "num_epochs (None for endless), or a smaller batch_size."
+        )

@@ -135,7 +135,7 @@ def _run_stages(
         identities=stream.operator_identities(),
     )
     with record_context(context):
-        return checked_output(stream(raw), type(stream).__name__)
+        return checked_output(stream(raw), type(stream).__name__, count)
 
 
 def traced_step(stream: Stream) -> Batch:

@@ -26,15 +26,24 @@ def as_key(key: jax.Array) -> jax.Array:
     """Returns ``key`` as a new-style typed PRNG key (legacy uint32 keys wrapped).
 
     Raises:
-        TypeError: for an array that is neither kind of key.
+        TypeError: for anything but one key: a typed key of shape ``()`` or a
+            legacy ``uint32[2]`` key (not a batch of keys, not an int seed).
     """
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return key
+    elif dtype == jnp.uint32 and shape == (2,):
         return jax.random.wrap_key_data(key)
+    what = (
+        f"an array of dtype {dtype} and shape {shape}"
+        if dtype is not None
+        else f"{type(key).__name__} {key!r}"
+    )
     raise TypeError(
-        f"expected a PRNG key (jax.random.key(...) or a legacy uint32[2] key), got "
-        f"an array of dtype {key.dtype} and shape {key.shape}."
+        "expected one PRNG key (jax.random.key(seed), or a legacy "
+        f"jax.random.PRNGKey(seed) of shape (2,)), got {what}; for a batch of keys "
+        "pass one of them, for an int seed pass jax.random.key(seed)."
     )
 
 

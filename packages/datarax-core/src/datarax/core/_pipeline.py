@@ -17,7 +17,13 @@ from datarax.core._iterator import iterate
 from datarax.core._records import operator_identities
 from datarax.core._scan import scan_builder
 from datarax.core._source import Batch, SourceBase
-from datarax.core._stages import Stage, check_callables, checked_output, stage_name
+from datarax.core._stages import (
+    Stage,
+    check_callables,
+    checked_output,
+    record_count,
+    stage_name,
+)
 from datarax.nodes._dag import Dag
 
 
@@ -94,7 +100,7 @@ class Pipeline(nnx.Module):
         num_epochs: int | None = 1,
         drop_last: bool = False,
     ):
-        check_options(source, batch_size, shuffle, num_epochs)
+        check_options(source, batch_size, shuffle, num_epochs, drop_last)
         stages = list(stages)
         check_callables(stages, "stage")
         rngs = nnx.Rngs(0) if rngs is None else rngs
@@ -189,8 +195,10 @@ class Pipeline(nnx.Module):
         if self._dag is not None:
             assert self.nodes is not None
             return self._dag.run(self.nodes, batch)
+        count = record_count(batch)
         for index, stage in enumerate(self.stages):
-            batch = checked_output(stage(batch), f"stage {index} ({stage_name(stage)})")
+            where = f"stage {index} ({stage_name(stage)})"
+            batch = checked_output(stage(batch), where, count)
         return batch
 
     def operator_identities(self) -> dict[int, tuple]:

@@ -234,7 +234,8 @@ class PlannedSource(DataSource[PlanT, HostPlanT]):
         Plans for this one window and reads it; see :meth:`DataSource.get_batch_at`.
 
         Raises:
-            TypeError: for a ``batch_size`` that is not a Python int.
+            TypeError: for a ``batch_size`` that is not a Python int, a ``start``
+                that is not one integer, a ``key`` that is not one PRNG key.
             ValueError: for a ``batch_size`` below 1.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
@@ -243,7 +244,7 @@ class PlannedSource(DataSource[PlanT, HostPlanT]):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        start = jnp.asarray(start, jnp.int32)
+        start = _checked_start(start)
         key = None if key is None else as_key(key)
         return self.read(self.plan(start, batch_size, key), start, batch_size, key)
 
@@ -256,3 +257,21 @@ class PlannedSource(DataSource[PlanT, HostPlanT]):
     ) -> Batch:
         """One batch inside the window that ``plan`` was made for (traced)."""
         raise NotImplementedError(f"{type(self).__name__} must implement read.")
+
+
+def _checked_start(start: object) -> jax.Array:
+    """``start`` as an int32 scalar, refusing floats, strings and arrays."""
+    dtype = getattr(start, "dtype", None)
+    if isinstance(start, bool) or not (
+        isinstance(start, int)
+        or (
+            dtype is not None
+            and jnp.issubdtype(dtype, jnp.integer)
+            and getattr(start, "shape", None) == ()
+        )
+    ):
+        raise TypeError(
+            "start must be an integer scalar (a Python int, or an integer array of "
+            f"shape ()), got {type(start).__name__} {start!r}."
+        )
+    return jnp.asarray(start, jnp.int32)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
+import numpy as np
 from flax import nnx
 
 from datarax.core._source import Batch
@@ -20,13 +22,36 @@ def stage_name(stage: object) -> str:
     return getattr(stage, "__name__", type(stage).__name__)
 
 
-def checked_output(batch: Any, where: str) -> Batch:
-    """Refuses a stage output that is not a dict of arrays, naming the stage."""
+def record_count(batch: Mapping[str, Any]) -> int | None:
+    """Records in a batch: the leading size of its first field (None if empty)."""
+    for leaf in jax.tree.leaves(dict(batch)):
+        shape = np.shape(leaf)
+        return int(shape[0]) if shape else None
+    return None
+
+
+def checked_output(batch: Any, where: str, count: int | None = None) -> Batch:
+    """Refuses a stage output that is not a batch of ``count`` records.
+
+    Checked at trace time (shapes are static), naming the stage and the field.
+    """
     if not isinstance(batch, Mapping):
         raise TypeError(
             f"{where} returned a {type(batch).__name__}; stages must return a batch: "
             "a dict of field name -> array."
         )
+    if count is not None:
+        for name, value in batch.items():
+            for leaf in jax.tree.leaves(value):
+                shape = np.shape(leaf)
+                if not shape or shape[0] != count:
+                    held = f"{shape[0]} records" if shape else "no record axis"
+                    raise ValueError(
+                        f"{where} returned field {name!r} with {held} (shape "
+                        f"{shape}) for a batch of {count} records; stages must keep "
+                        "every record of the batch, in order (filtering and packing "
+                        "are not supported yet)."
+                    )
     return batch  # type: ignore[return-value]
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from datarax.core._source import Batch
-from datarax.core._stages import Stage, checked_output
+from datarax.core._stages import Stage, checked_output, record_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +44,12 @@ class Dag:
     def run(self, nodes: Mapping[str, Stage], batch: Batch) -> Batch:
         """Runs ``nodes`` in order on the source ``batch``; the sink's output."""
         edges = dict(self.edges)
+        count = record_count(batch)
         outputs: dict[str, Batch] = {}
         for name in self.order:
             inputs = [outputs[p] for p in edges[name]] if edges[name] else [batch]
-            outputs[name] = checked_output(nodes[name](*inputs), f"DAG node {name!r}")
+            where = f"DAG node {name!r}"
+            outputs[name] = checked_output(nodes[name](*inputs), where, count)
         return outputs[self.sink]
 
 

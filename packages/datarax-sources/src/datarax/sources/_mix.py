@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -106,23 +107,13 @@ class MixDataSourcesNode(PlannedSource[MixPlan, tuple]):
                     f"MixDataSourcesNode: sources[{index}] is a "
                     f"{type(source).__name__}, not a datarax DataSource."
                 )
-        weights = [float(w) for w in weights]
-        if len(weights) != len(sources):
-            raise ValueError(
-                f"MixDataSourcesNode: {len(weights)} weights for {len(sources)} "
-                "sources; give one weight per source."
+        weights = _checked_weights(weights, len(sources))
+        if isinstance(block_size, bool) or not isinstance(block_size, int | np.integer):
+            raise TypeError(
+                f"MixDataSourcesNode: block_size must be a Python int, got "
+                f"{block_size!r}."
             )
-        bad = {i: w for i, w in enumerate(weights) if not math.isfinite(w) or w < 0}
-        if bad:
-            raise ValueError(
-                f"MixDataSourcesNode: weights must be finite and non-negative, got "
-                f"{bad} (index: weight)."
-            )
-        if sum(weights) <= 0:
-            raise ValueError(
-                f"MixDataSourcesNode: weights {weights} sum to zero; give at least "
-                "one source a positive weight."
-            )
+        block_size = int(block_size)
         if not 1 <= block_size <= 65_535:
             raise ValueError(f"block_size must be in 1..65535, got {block_size}.")
         _check_specs(sources)
@@ -244,6 +235,52 @@ class MixDataSourcesNode(PlannedSource[MixPlan, tuple]):
         return jax.vmap(lambda s, p: jax.lax.switch(s, branches, p))(
             source, child_position
         )
+
+
+def _checked_weights(weights: object, count: int) -> list[float]:
+    """``weights`` as floats: one finite, non-negative real per source.
+
+    Refuses what would be read wrongly: a string (read as its digits), a dict
+    (read by its keys), bools, and weights whose float64 sum overflows (the
+    shares would come out wrong).
+    """
+    if isinstance(weights, str | bytes | Mapping) or not isinstance(
+        weights, Sequence | np.ndarray
+    ):
+        raise TypeError(
+            "MixDataSourcesNode: weights must be a sequence of numbers, got "
+            f"{type(weights).__name__} {weights!r}; pass e.g. [0.5, 0.3, 0.2]."
+        )
+    for index, weight in enumerate(weights):
+        if isinstance(weight, bool | np.bool_) or not isinstance(weight, numbers.Real):
+            raise TypeError(
+                f"MixDataSourcesNode: weights[{index}] is {weight!r}, not a real "
+                "number."
+            )
+    floats = [float(w) for w in weights]
+    if len(floats) != count:
+        raise ValueError(
+            f"MixDataSourcesNode: {len(floats)} weights for {count} sources; give "
+            "one weight per source."
+        )
+    bad = {i: w for i, w in enumerate(floats) if not math.isfinite(w) or w < 0}
+    if bad:
+        raise ValueError(
+            f"MixDataSourcesNode: weights must be finite and non-negative, got "
+            f"{bad} (index: weight)."
+        )
+    total = sum(floats)  # float64; overflows to inf without a warning
+    if not math.isfinite(total):
+        raise ValueError(
+            f"MixDataSourcesNode: weights {floats} sum to {total}; scale them down "
+            "(only their proportions matter)."
+        )
+    if total <= 0:
+        raise ValueError(
+            f"MixDataSourcesNode: weights {floats} sum to zero; give at least one "
+            "source a positive weight."
+        )
+    return floats
 
 
 def _check_specs(sources: Sequence[DataSource]) -> None:
