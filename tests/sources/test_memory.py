@@ -140,7 +140,7 @@ def test_get_batch_at_checks_batch_size():
 
 
 def test_bad_key_is_named():
-    with pytest.raises(TypeError, match="expected a PRNG key"):
+    with pytest.raises(TypeError, match="expected one PRNG key"):
         arange_source(5).get_batch_at(0, 2, jnp.zeros(3, jnp.float32))
 
 
