@@ -172,3 +172,50 @@ def test_a_stochastic_stage_still_works_after_the_checks():
     pipe = make(stages=[noise], num_epochs=None)
     first = np.asarray(pipe.scan(lambda b: b["x"], length=2)).ravel()
     assert ((first - np.arange(8)) >= 0).all() and ((first - np.arange(8)) <= 1).all()
+
+
+def mixed(weights=(3, 1), lengths=(6, 4), swap=False, inner=None):
+    children = [
+        MemorySource({"x": np.arange(n, dtype=np.int32) + 100 * i})
+        for i, n in enumerate(lengths)
+    ]
+    if swap:
+        children.reverse()
+    if inner is not None:
+        children.append(MixDataSourcesNode([source(3), source(5)], inner))
+        weights = (*weights, 1)
+    return Pipeline(
+        source=MixDataSourcesNode(children, list(weights), block_size=4),
+        batch_size=4,
+        shuffle=True,
+        num_epochs=None,
+        rngs=nnx.Rngs(2),
+    )
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"weights": (1, 3)},
+        {"swap": True},
+        {"lengths": (7, 3)},
+    ],
+    ids=["weights", "swapped", "child-lengths"],
+)
+def test_a_mix_checkpoint_restores_only_into_the_same_mix(other):
+    pipe = mixed()
+    expected = labels(mixed(), 4)[2:]
+    labels(pipe, 2)
+    saved = state_dict(pipe)
+    same = mixed()
+    load_state_dict(saved, same)
+    assert labels(same, 2) == expected
+    with pytest.raises(ValueError, match=r"source: .MixDataSourcesNode\(weights"):
+        load_state_dict(saved, mixed(**other))
+
+
+def test_a_nested_mix_is_part_of_the_fingerprint():
+    saved = state_dict(mixed(inner=[1, 1]))
+    load_state_dict(saved, mixed(inner=[1, 1]))
+    with pytest.raises(ValueError, match=r"source: .MixDataSourcesNode\(weights"):
+        load_state_dict(saved, mixed(inner=[1, 2]))

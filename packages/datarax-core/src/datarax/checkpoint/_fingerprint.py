@@ -14,22 +14,29 @@ from datarax.core._stages import stage_name
 def construction(pipe: Pipeline) -> dict[str, int | str | bool]:
     """What decides a pipeline's record stream, batch size aside.
 
-    Source length and element spec, seed, shuffle, and the structure of the
-    stages or DAG (types and names); not the batch size, which may change on
-    restore.
+    Source length and element spec, the source's own fingerprint (a mix's
+    weights and children), seed, shuffle, and the structure of the stages or DAG
+    (types and names); not the batch size, which may change on restore.
     """
     spec = {
         name: (tuple(s.shape), str(s.dtype))
         for name, s in pipe.source.element_spec.items()
     }
     key_data = np.asarray(pipe.key.get_raw_value()).tobytes()
-    return {
+    out: dict[str, int | str | bool] = {
         "source length": len(pipe.source),
         "element spec": repr(sorted(spec.items())),
         "seed": zlib.crc32(key_data),
         "shuffle": pipe.shuffle,
         "structure": _structure(pipe),
     }
+    # Only sources whose stream depends on more than length and spec (a mix's
+    # weights and children) add a field, so older checkpoints of other sources
+    # still restore.
+    source = pipe.source.fingerprint()
+    if source is not None:
+        out["source"] = source
+    return out
 
 
 def _structure(pipe: Pipeline) -> str:

@@ -169,7 +169,13 @@ def _check_construction(module: nnx.Pytree, saved: Mapping, index: int) -> None:
             problems.append(f"pipeline at {path!r} is not in the checkpoint")
             continue
         for field, value in construction(pipe).items():
-            old = np.asarray(record[field]).item() if field in record else None
+            if field not in record:
+                problems.append(
+                    f"{field}: not in the checkpoint (saved by an older datarax, "
+                    f"which could not record it), {value!r} here"
+                )
+                continue
+            old = np.asarray(record[field]).item()
             if old != value:
                 problems.append(f"{field}: {old!r} in the checkpoint, {value!r} here")
     if problems:

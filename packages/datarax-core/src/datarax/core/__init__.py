@@ -11,6 +11,7 @@ from datarax.core._source import (
     ElementSpec,
     PlannedSource,
     SourceBase,
+    describe_source,
 )
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "StreamVar",
     "as_key",
     "default_unroll",
+    "describe_source",
     "fold_in_host",
 ]

@@ -102,6 +102,28 @@ class SourceBase(nnx.Module):
             f"{type(self).__name__} must implement the element_spec property."
         )
 
+    def fingerprint(self) -> str | None:
+        """What decides this source's stream beyond its length and element spec.
+
+        Checkpoints record it, and restoring into a source whose fingerprint
+        differs is refused. ``None`` (the default) when length and spec say it
+        all; a composite source (a mix) describes its weights and children, in
+        order. Leave out what may change without changing the stream (a file's
+        path).
+        """
+        return None
+
+
+def describe_source(source: SourceBase) -> str:
+    """A source's fingerprint, or its type, length and element spec."""
+    own = source.fingerprint()
+    if own is not None:
+        return own
+    spec = sorted(
+        (name, tuple(s.shape), str(s.dtype)) for name, s in source.element_spec.items()
+    )
+    return f"{type(source).__qualname__}(len={len(source)}, spec={spec})"
+
 
 class DataSource(SourceBase, Generic[PlanT, HostPlanT]):
     """A random-access source: any window of its stream, read inside compiled code.

@@ -18,6 +18,7 @@ from datarax.core import (
     ElementSpec,
     IterableSource,
     PlannedSource,
+    describe_source,
     fold_in_host,
 )
 from datarax.sources._order import mix_bits
@@ -138,6 +139,14 @@ class MixDataSourcesNode(PlannedSource[MixPlan, tuple]):
     def element_spec(self) -> ElementSpec:
         """The children's (common) element spec."""
         return self.sources[0].element_spec
+
+    def fingerprint(self) -> str:
+        """Weights, block size and every child's own description, in order."""
+        children = ", ".join(describe_source(child) for child in self.sources)
+        return (
+            f"MixDataSourcesNode(weights={list(self.weights)}, "
+            f"block_size={self.block_size}, sources=[{children}])"
+        )
 
     def _blocks(self, num_records: int) -> int:
         """How many blocks any ``num_records`` consecutive positions can touch."""
