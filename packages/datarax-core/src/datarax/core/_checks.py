@@ -8,17 +8,13 @@ import jax
 import numpy as np
 
 from datarax.core._iterable import IterableSource
-from datarax.core._source import DataSource
+from datarax.core._source import MAX_POSITION, DataSource
 
 
 def check_positive_int(name: str, value: Any) -> None:
     """Refuses anything but a Python int >= 1 for the option ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a Python int >= 1, got {value!r}.")
-
-
-#: Stream positions are int32: no batch can hold more records.
-MAX_BATCH_SIZE = 2**31 - 1
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -49,10 +45,10 @@ def check_options(
         raise TypeError(f"batch_size must be a Python int, got {batch_size!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if batch_size > MAX_BATCH_SIZE:
+    if batch_size > MAX_POSITION:
         raise ValueError(
             f"batch_size={batch_size} is beyond the int32 stream positions datarax "
-            f"counts records with (at most {MAX_BATCH_SIZE}); use a smaller batch."
+            f"counts records with (at most {MAX_POSITION}); use a smaller batch."
         )
     check_bool("shuffle", shuffle)
     check_bool("drop_last", drop_last)

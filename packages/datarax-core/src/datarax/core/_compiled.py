@@ -68,6 +68,16 @@ class ChangeRecorder:
         return [values[i] for i in compiled.changed]
 
 
+def _changed_values(
+    compiled: Compiled, spec: GraphSpec, nodes: tuple, carry_values: Sequence[Any]
+) -> list:
+    """The carried values one traced step changed (recorded on ``compiled``)."""
+    new = spec.carried(nodes)
+    recorder = ChangeRecorder()
+    recorder.note(new, carry_values)
+    return recorder.finish(compiled, new)
+
+
 class Compiled:
     """A compiled function, shared by all pipelines with the same GraphSpec.
 
@@ -169,10 +179,7 @@ def build_chunk(spec: GraphSpec, *, length: int) -> Compiled:
         stream: Stream = nodes[0]
         window = open_window(stream, length * stream.batch_size, host_plan)
         batches = read_batches(stream, window, length)
-        new = spec.carried(nodes)
-        recorder = ChangeRecorder()
-        recorder.note(new, carry_values)
-        return recorder.finish(compiled, new), batches
+        return _changed_values(compiled, spec, nodes, carry_values), batches
 
     compiled.fn = run
     return compiled
@@ -192,10 +199,7 @@ def build_apply(spec: GraphSpec) -> Compiled:
         stream: Stream = nodes[0]
         keys = run_keys(stream.key[...], stream.shuffle)
         batch = stage_records(stream, raw, start, keys)
-        new = spec.carried(nodes)
-        recorder = ChangeRecorder()
-        recorder.note(new, carry_values)
-        return recorder.finish(compiled, new), batch
+        return _changed_values(compiled, spec, nodes, carry_values), batch
 
     compiled.fn = run
     return compiled

@@ -21,10 +21,8 @@ from flax import nnx
 from datarax.core._hostwrite import write_host_value
 from datarax.core._keys import RunKeys, host_shuffle_key, run_keys
 from datarax.core._records import RecordContext, batch_positions, record_context
-from datarax.core._source import Batch, DataSource, SourceBase
+from datarax.core._source import MAX_POSITION, Batch, DataSource, SourceBase
 from datarax.core._stages import checked_output
-
-_INT32_MAX = 2**31 - 1
 
 
 class Stream(Protocol):
@@ -171,7 +169,7 @@ def write_position(stream: Stream, position: int) -> None:
     Raises:
         OverflowError: past 2**31 - 1 records (int32 positions).
     """
-    if position > _INT32_MAX:
+    if position > MAX_POSITION:
         raise OverflowError(
             f"stream position {position} passed 2**31 - 1 records; build a new "
             "pipeline (the record stream of epoch e is the same in any pipeline of "

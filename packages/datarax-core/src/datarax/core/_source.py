@@ -35,6 +35,9 @@ PlanT = TypeVar("PlanT")
 """What a source's ``plan`` returns (a pytree of arrays, or ``None``)."""
 
 HostPlanT = TypeVar("HostPlanT")
+
+MAX_POSITION = 2**31 - 1
+"""The last stream position: positions (and so batch sizes) are int32."""
 """What a source's ``host_plan`` returns (a pytree of arrays, or ``None``)."""
 
 

@@ -157,9 +157,6 @@ class HFStreamingSource(IterableSource):
         self.spec = _peek_spec(dataset, names, chunk_size)
         self.length = _length(dataset, split, length, chunk_size)
 
-    def __len__(self) -> int:
-        return self.length
-
     @property
     def element_spec(self) -> ElementSpec:
         """Shape and dtype of one record, per field (dtypes as JAX holds them)."""

@@ -458,9 +458,6 @@ class TFDSStreamingSource(SourceBase):
         self.split = str(split)
         self.reader = _Reader(builder, self.split, data_source, fields)
 
-    def __len__(self) -> int:
-        return self.length
-
     @property
     def element_spec(self) -> ElementSpec:
         """Shape and dtype of one record, per field (dtypes as JAX holds them)."""

@@ -182,9 +182,6 @@ class OrderedSource(PlannedSource[OrderPlan | None, HostOrderPlan | None]):
     supports_shuffle = True
     length: int
 
-    def __len__(self) -> int:
-        return self.length
-
     def host_plan(
         self, start: int, num_records: int, key_data: np.ndarray | None
     ) -> HostOrderPlan | None:
