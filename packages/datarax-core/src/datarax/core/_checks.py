@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from datarax.core._iterable import IterableSource
 from datarax.core._source import MAX_POSITION, DataSource
+from datarax.core._stages import check_callables
 
 
 def check_positive_int(name: str, value: Any) -> None:
@@ -80,3 +83,54 @@ def check_options(
             "drop_last=True drops the short one. Pass drop_last=False, more "
             "num_epochs (None for endless), or a smaller batch_size."
         )
+
+
+def check_stages(stages: Any) -> list:
+    """``stages`` as a list of callables ``batch -> batch``, or a named error.
+
+    A single stage or a dict given for the sequence is refused rather than
+    iterated (a module is not iterable; a dict would give its keys).
+    """
+    if callable(stages) or isinstance(stages, Mapping | str | bytes):
+        raise TypeError(
+            f"stages takes a list of stages, got {type(stages).__name__}; write "
+            "stages=[stage] for one (a DAG of named nodes goes to "
+            "Pipeline.from_dag)."
+        )
+    if not isinstance(stages, Sequence):
+        raise TypeError(f"stages takes a list of stages, got {type(stages).__name__}.")
+    stages = list(stages)
+    check_callables(stages, "stage")
+    return stages
+
+
+def check_rngs(rngs: Any) -> nnx.Rngs:
+    """Refuses anything but ``nnx.Rngs`` for a pipeline's ``rngs``."""
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(
+            f"rngs must be an nnx.Rngs, got {type(rngs).__name__}; write "
+            "rngs=nnx.Rngs(0) (a seed or a key goes inside: nnx.Rngs(seed))."
+        )
+    return rngs
+
+
+def check_modules(modules: Any) -> tuple:
+    """``Pipeline.scan``'s ``modules`` as a tuple of nnx graph nodes."""
+    if isinstance(modules, nnx.Pytree):
+        raise TypeError(
+            f"modules takes a tuple of modules, got one {type(modules).__name__}; "
+            "write modules=(model,) (or (model, optimizer), in the order step_fn "
+            "takes them)."
+        )
+    if not isinstance(modules, Sequence) or isinstance(modules, str | bytes):
+        raise TypeError(
+            f"modules takes a tuple of nnx modules, got {type(modules).__name__}."
+        )
+    for index, module in enumerate(modules):
+        if not isinstance(module, nnx.Pytree):
+            raise TypeError(
+                f"modules[{index}] is a {type(module).__name__}, not an "
+                "nnx.Module (or other nnx graph node such as nnx.Optimizer); "
+                "pass arrays through init_carry instead."
+            )
+    return tuple(modules)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.extend.core import get_opaque_trace_state
 
 from datarax.core._hostwrite import write_host_value
 from datarax.core._keys import RunKeys, host_shuffle_key, run_keys
@@ -57,6 +58,28 @@ class Window(NamedTuple):
 def is_traced(stream: Stream) -> bool:
     """Whether the pipeline's state is being traced (inside the user's jit)."""
     return isinstance(stream.position.get_raw_value(), jax.core.Tracer)
+
+
+# The trace state outside any jit, vmap or grad, taken when datarax is imported.
+_TOP_LEVEL = get_opaque_trace_state(convention="flax")
+
+
+def check_not_closed_over(what: str) -> None:
+    """Refuses to serve a host-held pipeline from inside someone else's trace.
+
+    A function compiled by ``jax.jit`` / ``nnx.jit`` that closes over a pipeline
+    (instead of taking it as an argument) would bake the batch in as a constant:
+    every call would train on the same batch while the position stays put.
+    Costs about a microsecond.
+    """
+    if get_opaque_trace_state(convention="flax") != _TOP_LEVEL:
+        raise TypeError(
+            f"{what} was called inside a traced function (jit, vmap, grad, ...) "
+            "that does not take the pipeline as an argument: it would serve the "
+            "same batch on every call and never move on. Pass the pipeline in, "
+            "e.g. @nnx.jit def train_step(model, pipe): batch = pipe.step(); or "
+            "call it outside and pass the batch."
+        )
 
 
 def open_window(stream: Stream, num_records: int, host_plan: Any = None) -> Window:

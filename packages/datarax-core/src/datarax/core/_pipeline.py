@@ -9,13 +9,25 @@ import jax
 import numpy as np
 from flax import nnx
 
-from datarax.core._checks import check_options, check_positive_int
+from datarax.core._checks import (
+    check_modules,
+    check_options,
+    check_positive_int,
+    check_rngs,
+    check_stages,
+)
 from datarax.core._compiled import build_chunk, cached_program
-from datarax.core._feed import advance, host_plan, is_traced, traced_step
+from datarax.core._feed import (
+    advance,
+    check_not_closed_over,
+    host_plan,
+    is_traced,
+    traced_step,
+)
 from datarax.core._iterable import IterableSource
 from datarax.core._iterator import iterate
 from datarax.core._records import operator_identities
-from datarax.core._scan import scan_builder
+from datarax.core._scan import check_step_fn, scan_builder
 from datarax.core._source import Batch, SourceBase
 from datarax.core._stages import (
     Stage,
@@ -101,9 +113,8 @@ class Pipeline(nnx.Module):
         drop_last: bool = False,
     ):
         check_options(source, batch_size, shuffle, num_epochs, drop_last)
-        stages = list(stages)
-        check_callables(stages, "stage")
-        rngs = nnx.Rngs(0) if rngs is None else rngs
+        stages = check_stages(stages)
+        rngs = nnx.Rngs(0) if rngs is None else check_rngs(rngs)
         self.source = source
         self.stages = nnx.List(stages)
         self.batch_size = batch_size
@@ -119,6 +130,8 @@ class Pipeline(nnx.Module):
         self.epoch = StreamVar(np.asarray(0, np.int32))
         self.nodes: nnx.Dict | None = None
         self._dag: Dag | None = None
+        if stages:
+            self.operator_identities()  # refuses a stochastic operator at two stages
 
     @classmethod
     def from_dag(
@@ -165,10 +178,12 @@ class Pipeline(nnx.Module):
         if "stages" in kwargs:
             raise TypeError("from_dag takes nodes= and edges=, not stages=.")
         dag = Dag.build(nodes, edges, sink)
-        check_callables(dict(nodes), "DAG node")
+        arity = {name: len(preds) for name, preds in dag.edges}
+        check_callables(dict(nodes), "DAG node", arity)
         pipe = cls(source=source, **kwargs)
         pipe.nodes = nnx.data(nnx.Dict(dict(nodes)))
         pipe._dag = dag
+        pipe.operator_identities()  # refuses a stochastic operator at two nodes
         return pipe
 
     @property
@@ -228,6 +243,8 @@ class Pipeline(nnx.Module):
         where the first stopped. Batches run across epoch boundaries; only the
         stream's final batch may be short (or dropped, with ``drop_last``).
         """
+        if not is_traced(self):
+            check_not_closed_over("iter(pipeline)")
         return iterate(self)
 
     def step(self) -> Batch:
@@ -246,6 +263,7 @@ class Pipeline(nnx.Module):
         self._require_random_access("Pipeline.step")
         if is_traced(self):
             return traced_step(self)
+        check_not_closed_over("Pipeline.step()")
         program = cached_program(
             self, ("step",), (self,), None, lambda spec, g: build_chunk(spec, length=1)
         )
@@ -296,21 +314,15 @@ class Pipeline(nnx.Module):
             The outputs stacked on a leading axis of ``length``, or
             ``(carry, stacked outputs)`` when ``init_carry`` is given.
         """
-        if not callable(step_fn):
-            raise TypeError(f"step_fn must be callable, got {step_fn!r}.")
         self._require_random_access("Pipeline.scan")
+        if not is_traced(self):
+            check_not_closed_over("Pipeline.scan")
         check_positive_int("length", length)
         if unroll is not None:
             check_positive_int("unroll", unroll)
-        modules = tuple(modules)
-        for index, module in enumerate(modules):
-            if not isinstance(module, nnx.Pytree):
-                raise TypeError(
-                    f"modules[{index}] is a {type(module).__name__}, not an "
-                    "nnx.Module (or other nnx graph node such as nnx.Optimizer); "
-                    "pass arrays through init_carry instead."
-                )
+        modules = check_modules(modules)
         has_carry = init_carry is not None
+        check_step_fn(step_fn, len(modules), has_carry)
         build = scan_builder(
             step_fn,
             length=length,

@@ -15,7 +15,7 @@ import contextlib
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +37,17 @@ class RecordContext:
     source_length: int
     op_key: jax.Array  # typed key from which every operator key is derived
     identities: dict[int, tuple]  # id(operator) -> its place in the pipeline
+    # Operators that drew keys for this batch: a second draw would repeat the
+    # first one's randomness (same identity, same positions).
+    keyed: set[int] = field(default_factory=set)
 
     def keys_for(self, operator: object) -> jax.Array:
-        """One typed key per record of the batch, for ``operator``."""
+        """One typed key per record of the batch, for ``operator``.
+
+        Raises:
+            ValueError: for an operator that is not part of the pipeline, or one
+                that already drew this batch's keys (one instance used twice).
+        """
         identity = self.identities.get(id(operator))
         if identity is None:
             raise ValueError(
@@ -47,6 +55,13 @@ class RecordContext:
                 "pipeline that is building this batch; give it to the pipeline "
                 "(stages=, nodes=, or an attribute of a Pipeline subclass)."
             )
+        if id(operator) in self.keyed:
+            raise ValueError(
+                f"the stochastic {type(operator).__name__} at {describe(identity)} "
+                "ran twice on one batch: one instance draws the same keys at every "
+                f"use, so both uses would apply the same randomness. {ONE_PER_USE}"
+            )
+        self.keyed.add(id(operator))
         key = jax.random.fold_in(self.op_key, identity_hash(identity))
         epochs = self.positions // self.source_length
         offsets = self.positions % self.source_length
@@ -68,6 +83,10 @@ def operator_identities(
     operators met before it under that root. The first place an operator is
     found wins. Sub-graphs under the attribute ``skip`` of a root (the source of
     a pipeline) are left out.
+
+    Raises:
+        ValueError: for one stochastic operator instance under two roots (two
+            stages or DAG nodes): it would draw the same keys at both.
     """
     identities: dict[int, tuple] = {}
     for prefix, root in groups:
@@ -75,14 +94,35 @@ def operator_identities(
         for path, node in nnx.iter_graph(root):
             if skip is not None and path[:1] == (skip,):
                 continue
-            if (
-                isinstance(node, RecordKeyed)
-                and node.needs_record_keys
-                and id(node) not in identities
-            ):
+            if not (isinstance(node, RecordKeyed) and node.needs_record_keys):
+                continue
+            first = identities.get(id(node))
+            if first is not None and first[:-1] != prefix:
+                raise ValueError(
+                    f"the stochastic {type(node).__name__} at {describe(prefix)} is "
+                    f"the same instance as at {describe(first)}: one instance draws "
+                    "the same keys wherever it is used, so both places would apply "
+                    f"the same randomness. {ONE_PER_USE}"
+                )
+            if first is None:
                 identities[id(node)] = (*prefix, rank)
                 rank += 1
     return identities
+
+
+ONE_PER_USE = (
+    "Build one instance per place (call its constructor again, or nnx.clone(op))."
+)
+
+
+def describe(identity: tuple) -> str:
+    """An operator's place for messages: ``stage 1``, ``DAG node 'a'``."""
+    kind, *rest = identity
+    if kind == "stage":
+        return f"stage {rest[0]}"
+    if kind == "node":
+        return f"DAG node {rest[0]!r}"
+    return "the pipeline's own __call__"
 
 
 def identity_hash(identity: tuple) -> int:

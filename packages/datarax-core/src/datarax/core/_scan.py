@@ -17,6 +17,7 @@ from datarax.core._compiled import (
 )
 from datarax.core._feed import Stream, Window, open_window, read_batch, stage_records
 from datarax.core._graph import Graph, GraphSpec
+from datarax.core._stages import takes_positional
 
 StepFn = Callable[..., Any]
 
@@ -49,6 +50,31 @@ def default_unroll(batch_bytes: int, num_modules: int = 0) -> int:
     if batch_bytes < 256 * 2**10:
         return 4
     return 8
+
+
+def step_form(num_modules: int, has_carry: bool) -> str:
+    """How ``scan`` calls ``step_fn``, for messages: ``step_fn(carry, m0, batch)``."""
+    args = [
+        *(["carry"] if has_carry else []),
+        *(f"modules[{i}]" for i in range(num_modules)),
+    ]
+    returns = "(carry, out)" if has_carry else "out"
+    return f"step_fn({', '.join([*args, 'batch'])}) -> {returns}"
+
+
+def check_step_fn(step_fn: StepFn, num_modules: int, has_carry: bool) -> None:
+    """Refuses a ``step_fn`` whose signature cannot take the arguments scan passes."""
+    if not callable(step_fn):
+        raise TypeError(f"step_fn must be callable, got {step_fn!r}.")
+    count = num_modules + 1 + int(has_carry)
+    if not takes_positional(step_fn, count):
+        raise TypeError(
+            f"Pipeline.scan calls {step_form(num_modules, has_carry)} "
+            f"({count} positional argument{'s' * (count > 1)}), which step_fn "
+            "cannot take; "
+            "pass one module per parameter before the batch in modules=(...), "
+            "and init_carry= only if step_fn takes a carry first."
+        )
 
 
 def scan_builder(
@@ -92,13 +118,32 @@ class _Body:
             batch = read_batch(stream, self.window, batch_start)
         else:
             batch = stage_records(stream, raw, batch_start, self.window.keys)
-        if self.has_carry:
-            user_carry, out = self.step_fn(user_carry, *nodes[1:], batch)
-        else:
-            out = self.step_fn(*nodes[1:], batch)
+        user_carry, out = self.call(user_carry, nodes[1:], batch)
         new = self.spec.carried(nodes)
         self.recorder.note(new, values)
         return (new, user_carry), out
+
+    def call(self, carry: Any, modules: list, batch: Any) -> tuple[Any, Any]:
+        """``step_fn`` on one batch; errors say how scan called it."""
+        form = step_form(len(modules), self.has_carry)
+        try:
+            if not self.has_carry:
+                return None, self.step_fn(*modules, batch)
+            result = self.step_fn(carry, *modules, batch)
+        except Exception as err:
+            called = ", ".join(type(m).__name__ for m in modules) or "no modules"
+            err.add_note(
+                f"datarax: Pipeline.scan called {form}, with modules in the order "
+                f"given ({called})."
+            )
+            raise
+        # A bare array of two rows would unpack as (carry, out) without a word.
+        if not isinstance(result, tuple | list) or len(result) != 2:
+            raise TypeError(
+                f"with init_carry, step_fn must return a tuple (carry, out): scan "
+                f"calls {form}; it returned {_describe(result)}."
+            )
+        return result
 
     def read_steps(
         self, stream: Stream, carry: tuple, first_step: Any, count: int
@@ -120,6 +165,15 @@ class _Body:
         steps = jnp.arange(count, dtype=jnp.int32)
         unroll = min(self.unroll, count)
         return jax.lax.scan(inner, carry, (raw, steps), unroll=unroll)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)}"
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"an array of shape {tuple(shape)}"
+    return f"a {type(value).__name__}"
 
 
 def build_scan(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -55,8 +56,17 @@ def checked_output(batch: Any, where: str, count: int | None = None) -> Batch:
     return batch  # type: ignore[return-value]
 
 
-def check_callables(stages: Mapping[str, object] | list, what: str) -> None:
-    """Refuses stages or nodes that are not callable, naming each."""
+def check_callables(
+    stages: Mapping[str, object] | list,
+    what: str,
+    arity: Mapping[str, int] | None = None,
+) -> None:
+    """Refuses stages or nodes that are not callable, naming each.
+
+    ``arity`` gives the number of batches each DAG node is called with (one per
+    predecessor); a linear stage is called with one. A callable whose signature
+    cannot take them is refused here rather than at its first batch.
+    """
     items = stages.items() if isinstance(stages, Mapping) else enumerate(stages)
     for name, stage in items:
         if not callable(stage):
@@ -64,3 +74,40 @@ def check_callables(stages: Mapping[str, object] | list, what: str) -> None:
                 f"{what} {name!r} is a {type(stage).__name__}, not a callable "
                 "batch -> batch."
             )
+        count = 1 if arity is None else max(1, arity[name])
+        if not takes_positional(stage, count):
+            raise TypeError(_arity_message(stage, f"{what} {name!r}", count))
+
+
+def takes_positional(fn: Callable, count: int) -> bool:
+    """Whether ``fn`` can be called with ``count`` positional arguments.
+
+    Callables without a readable signature (some builtins) are given the
+    benefit of the doubt.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
+
+
+def _arity_message(stage: object, where: str, count: int) -> str:
+    try:
+        signature = f"{stage_name(stage)}{inspect.signature(stage)}"  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        signature = stage_name(stage)
+    if count == 1:
+        return (
+            f"{where} is {signature}, but stages are called with one batch: "
+            "stage(batch) -> batch. A per-record function fn(record, key) goes "
+            "into ElementOperator(fn) (stochastic=True if it uses the key)."
+        )
+    return (
+        f"{where} is {signature}, but it is called with the outputs of its "
+        f"{count} predecessors in edges, one positional argument each."
+    )

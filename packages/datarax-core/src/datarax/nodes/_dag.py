@@ -80,6 +80,7 @@ def validate_dag(
         >>> validate_dag({"a": abs, "b": abs}, {"a": [], "b": ["a"]}, "b")
         ('a', 'b')
     """
+    _check_types(nodes, edges, sink)
     names = list(nodes)
     missing = [n for n in names if n not in edges]
     if missing:
@@ -121,6 +122,38 @@ def validate_dag(
             "their outputs would be unused; remove them or wire them towards the sink."
         )
     return order
+
+
+def _check_types(
+    nodes: Mapping[str, object], edges: Mapping[str, Sequence[str]], sink: str
+) -> None:
+    """Refuses node names that are not str and edges that are not lists of names.
+
+    Node names become attribute names of the pipeline's ``nodes`` and keys of
+    checkpoints; a string given as an edges entry would be read letter by letter.
+    """
+    if not isinstance(nodes, Mapping) or not isinstance(edges, Mapping):
+        raise TypeError(
+            "nodes and edges must be dicts: nodes={name: callable}, "
+            "edges={name: [predecessor names]}."
+        )
+    bad = list(
+        dict.fromkeys(n for n in [*nodes, *edges, sink] if not isinstance(n, str))
+    )
+    if bad:
+        raise TypeError(
+            f"DAG node names must be str, got {bad!r}; name nodes with strings "
+            "(e.g. 'decode', 'augment')."
+        )
+    for name, preds in edges.items():
+        if isinstance(preds, str | bytes) or not isinstance(preds, Sequence):
+            raise TypeError(
+                f"edges[{name!r}] must be a list of node names, got {preds!r}; "
+                f"write edges[{name!r}] = [{preds!r}] for one predecessor."
+            )
+        bad = [p for p in preds if not isinstance(p, str)]
+        if bad:
+            raise TypeError(f"edges[{name!r}] names non-str nodes {bad!r}.")
 
 
 def _topological_order(

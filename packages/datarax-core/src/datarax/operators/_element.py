@@ -7,8 +7,10 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
+from datarax.core._checks import check_bool
 from datarax.core._records import RecordKeyed, current_context
 from datarax.core._source import Batch
+from datarax.core._stages import stage_name, takes_positional
 
 RecordFn = Callable[[dict[str, jax.Array], jax.Array | None], dict[str, jax.Array]]
 
@@ -45,14 +47,28 @@ class ElementOperator(nnx.Module, RecordKeyed):
     def __init__(self, fn: RecordFn, *, stochastic: bool = False):
         if not callable(fn):
             raise TypeError(f"ElementOperator needs a callable fn, got {fn!r}.")
+        if not takes_positional(fn, 2):
+            raise TypeError(
+                f"ElementOperator calls fn(record, key), but {stage_name(fn)} cannot "
+                "take two arguments; write fn(record, key) (key is None unless "
+                "stochastic=True), e.g. lambda record, key: {...}."
+            )
         self.fn = fn
-        self.stochastic = stochastic
-        self.needs_record_keys = stochastic
+        self.stochastic = check_bool("stochastic", stochastic)
+        self.needs_record_keys = self.stochastic
 
     def __call__(self, batch: Batch) -> Batch:
         """Applies ``fn`` to every record of ``batch``."""
         if not self.stochastic:
-            return jax.vmap(lambda record: self.fn(record, None))(batch)
+            try:
+                return jax.vmap(lambda record: self.fn(record, None))(batch)
+            except Exception as err:
+                err.add_note(
+                    f"datarax: ElementOperator(stochastic=False) calls "
+                    f"{stage_name(self.fn)}(record, None); if it draws random "
+                    "numbers from its key, build it with stochastic=True."
+                )
+                raise
         context = current_context()
         if context is None:
             raise ValueError(
