@@ -304,3 +304,15 @@ def test_dag_wiring_types_are_checked(nodes, edges, sink, message):
         Pipeline.from_dag(
             source=source(), nodes=nodes, edges=edges, sink=sink, batch_size=2
         )
+
+
+def test_a_pipeline_steps_from_another_thread():
+    # The closed-over check compares trace states; a worker thread (prefetch) is
+    # at the top level too and must not be refused.
+    import threading
+
+    pipe, served = make(), []
+    worker = threading.Thread(target=lambda: served.append(pipe.step()["x"]))
+    worker.start()
+    worker.join()
+    np.testing.assert_array_equal(served[0], [0.0, 1.0])
