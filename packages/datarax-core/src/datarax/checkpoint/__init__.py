@@ -5,6 +5,8 @@ of stateful stages; never its dataset. Restoring it into a freshly built pipelin
 the same construction continues the record stream exactly, with any batch size.
 """
 
-from datarax.checkpoint._state import load_state_dict, restore, save, state_dict
+from datarax.checkpoint._errors import CheckpointError
+from datarax.checkpoint._files import restore, save
+from datarax.checkpoint._state import load_state_dict, state_dict
 
-__all__ = ["load_state_dict", "restore", "save", "state_dict"]
+__all__ = ["CheckpointError", "load_state_dict", "restore", "save", "state_dict"]

@@ -1,20 +1,17 @@
-"""Checkpoints of pipelines and modules: plain dicts of NumPy arrays, and files."""
+"""Checkpoints of pipelines and modules as plain dicts of NumPy arrays."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from datarax.checkpoint._errors import CheckpointError
 from datarax.checkpoint._fingerprint import construction
+from datarax.checkpoint._leaves import describe, is_typed_key, preview, restore_leaf
 from datarax.core import DataVar, Pipeline
 
 CONSTRUCTION = "__construction__"
@@ -68,65 +65,42 @@ def load_state_dict(d: Mapping[str, Any], *modules: nnx.Pytree) -> None:
 
     Each module must be of the same construction as the one saved (the batch size
     may differ): then a pipeline serves exactly the batches the saved one would
-    have served next, in iteration and in ``scan``. Nothing is written unless every
-    module matches.
+    have served next, in iteration and in ``scan``. Every leaf is checked against
+    the module's value it replaces (shape, and a dtype it converts to without
+    changing a number), and every pipeline's stream state against what a pipeline
+    can hold. Nothing is written unless every module passes.
+
+    Args:
+        d: a dict as :func:`state_dict` returns.
+        *modules: the modules to restore into, in the order they were saved.
 
     Raises:
-        ValueError: naming the mismatch, for a pipeline of another construction
-            (source length or element spec, seed, shuffle, stages), a state of
-            another structure (Variables missing or added, other shapes), or a
-            different number of modules.
+        CheckpointError: (a ``ValueError``) naming the entry (``0/position``) and
+            what came in, for a ``d`` that is not a dict of one state dict per
+            module, a pipeline of another construction (source length or element
+            spec, seed, shuffle, stages), a state of another structure (Variables
+            missing or added, other shapes), a leaf whose dtype the module's cannot
+            take (a float for an integer, a bool for a number, an integer out of
+            range, text or Python objects, a PRNG key not stored as uint32 key
+            data), or a pipeline stream state no pipeline is in: a negative
+            position, an epoch other than ``position // len(source)``.
+        TypeError: for a module that is not an nnx graph node.
     """
-    if len(d) != len(modules) and set(d) != {str(i) for i in range(len(modules))}:
-        raise ValueError(
-            f"the checkpoint holds {len(d)} modules {sorted(d)}, but "
-            f"{len(modules)} were given to restore into; pass them in the order "
-            "they were saved."
-        )
+    entries = _entries(d, len(modules))
     updates = []
-    for index, module in enumerate(modules):
+    for index, (module, entry) in enumerate(zip(modules, entries, strict=True)):
         _check_module(module, index)
-        entry = d.get(str(index))
-        if entry is None:
-            raise ValueError(f"the checkpoint has no entry {str(index)!r}.")
-        _check_construction(module, entry.get(CONSTRUCTION, {}), index)
+        _check_construction(module, _saved_constructions(entry, index), index)
         state = nnx.state(module, nnx.Not(DataVar))
         template = nnx.to_pure_dict(state)
         loaded = {k: v for k, v in entry.items() if k != CONSTRUCTION}
-        updates.append((module, state, _restore_like(template, loaded, str(index))))
+        pure = _restore_like(template, loaded, str(index))
+        _check_streams(module, loaded, index)
+        updates.append((module, state, pure))
+    # Written only now, so that a refused entry leaves every module as it was.
     for module, state, pure in updates:
         nnx.replace_by_pure_dict(state, pure)
         nnx.update(module, state)
-
-
-def save(path: str | os.PathLike, *modules: nnx.Pytree) -> None:
-    """Writes :func:`state_dict` of ``modules`` to ``path`` atomically.
-
-    The file (NumPy ``.npz``, no pickled objects) is written next to ``path`` and
-    renamed over it, so a crash mid-save leaves the previous checkpoint readable.
-    """
-    path = Path(path)
-    flat = dict(_flatten(state_dict(*modules)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **flat)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def restore(path: str | os.PathLike, *modules: nnx.Pytree) -> None:
-    """Reads a file written by :func:`save` into ``modules``, in order.
-
-    Checks as :func:`load_state_dict` does.
-    """
-    with np.load(Path(path), allow_pickle=False) as data:
-        flat = {key: data[key] for key in data.files}
-    load_state_dict(_unflatten(flat), *modules)
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -140,24 +114,87 @@ def _check_module(module: object, index: int) -> None:
         )
 
 
-def _pipelines(module: nnx.Pytree) -> Iterator[tuple[str, Pipeline]]:
+def _pipeline_nodes(module: nnx.Pytree) -> Iterator[tuple[tuple, Pipeline]]:
     for path, node in nnx.iter_graph(module):
         if isinstance(node, Pipeline):
-            yield "/".join(map(str, path)) or ".", node
+            yield tuple(path), node
+
+
+def _pipelines(module: nnx.Pytree) -> Iterator[tuple[str, Pipeline]]:
+    for path, pipe in _pipeline_nodes(module):
+        yield "/".join(map(str, path)) or ".", pipe
 
 
 def _to_numpy(tree: Any) -> Any:
     if isinstance(tree, Mapping):
         return {str(k): _to_numpy(v) for k, v in tree.items()}
-    if isinstance(tree, jax.Array) and jax.dtypes.issubdtype(
-        tree.dtype, jax.dtypes.prng_key
-    ):
+    if is_typed_key(tree):
         return np.array(jax.random.key_data(tree))
     return np.array(tree)  # a copy: later writes to the module never reach it
 
 
 def _as_arrays(construction: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in construction.items()}
+
+
+def _entries(d: Any, count: int) -> list[Mapping[str, Any]]:
+    """The entries ``"0" .. str(count - 1)`` of ``d``, each checked to be a dict."""
+    if not isinstance(d, Mapping):
+        raise CheckpointError(
+            f"a checkpoint state is a dict {{'0': {{...}}, '1': ...}} with one entry "
+            f"per module, as state_dict returns; got {describe(d)}."
+        )
+    expected = [str(i) for i in range(count)]
+    if len(d) != count:
+        raise CheckpointError(
+            f"the checkpoint holds {len(d)} modules {sorted(d, key=repr)}, but "
+            f"{count} were given to restore into; pass them in the order they were "
+            "saved."
+        )
+    if set(d) != set(expected):
+        raise CheckpointError(
+            f"the checkpoint's entries are {sorted(d, key=repr)}; expected "
+            f"{expected}, one per module in the order they were saved, as "
+            "state_dict names them."
+        )
+    for key in expected:
+        if not isinstance(d[key], Mapping):
+            raise CheckpointError(
+                f"checkpoint entry {key} is {describe(d[key])}; expected the "
+                "module's state, a dict of arrays as state_dict returns."
+            )
+    return [d[key] for key in expected]
+
+
+def _saved_constructions(entry: Mapping, index: int) -> dict[str, dict[str, Any]]:
+    """The construction records of ``entry``: pipeline path -> field -> value."""
+    saved = entry.get(CONSTRUCTION, {})
+    where = f"{index}/{CONSTRUCTION}"
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(
+            f"checkpoint entry {where} is {describe(saved)}; expected a dict from "
+            "each pipeline's path to the record of its construction."
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for path, record in saved.items():
+        if not isinstance(record, Mapping):
+            raise CheckpointError(
+                f"checkpoint entry {where}/{path} is {describe(record)}; expected a "
+                "dict from each construction field to its value."
+            )
+        out[str(path)] = {}
+        for field, value in record.items():
+            try:
+                array = np.asarray(value)
+            except (TypeError, ValueError):  # a ragged list, say
+                array = np.asarray(None)
+            if array.size != 1 or array.dtype.kind not in "biuU":
+                raise CheckpointError(
+                    f"checkpoint entry {where}/{path}/{field} is {describe(value)}; "
+                    "expected one number, bool or text."
+                )
+            out[str(path)][str(field)] = array.item()
+    return out
 
 
 def _check_construction(module: nnx.Pytree, saved: Mapping, index: int) -> None:
@@ -174,12 +211,12 @@ def _check_construction(module: nnx.Pytree, saved: Mapping, index: int) -> None:
                     f"{field}: not in the checkpoint (saved by an older datarax, "
                     f"which could not record it), {value!r} here"
                 )
-                continue
-            old = np.asarray(record[field]).item()
-            if old != value:
-                problems.append(f"{field}: {old!r} in the checkpoint, {value!r} here")
+            elif record[field] != value:
+                problems.append(
+                    f"{field}: {record[field]!r} in the checkpoint, {value!r} here"
+                )
     if problems:
-        raise ValueError(
+        raise CheckpointError(
             f"cannot restore module {index}: it was saved from another construction "
             f"({'; '.join(problems)}). Build the pipeline exactly as when it was "
             "saved (the batch size may differ)."
@@ -188,63 +225,69 @@ def _check_construction(module: nnx.Pytree, saved: Mapping, index: int) -> None:
 
 def _restore_like(template: Any, loaded: Any, where: str) -> Any:
     """``loaded`` converted to the types of ``template``, checked leaf by leaf."""
-    if isinstance(template, Mapping):
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"checkpoint entry {where} is not a dict of state.")
-        keys = {str(k): k for k in template}
-        missing = sorted(set(keys) - set(loaded))
-        extra = sorted(set(loaded) - set(keys))
-        if missing or extra:
-            raise ValueError(
-                f"checkpoint entry {where} does not match the module's state: "
-                f"missing {missing}, unexpected {extra}; the module was built with "
-                "other stages or layers than the one saved."
+    if not isinstance(template, Mapping):
+        return restore_leaf(template, loaded, where)
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(
+            f"checkpoint entry {where} is {describe(loaded)}; the module holds a "
+            "dict of state there."
+        )
+    odd = [k for k in loaded if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(
+            f"checkpoint entry {where} has the key {odd[0]!r} "
+            f"({type(odd[0]).__name__}); state keys are strings, as state_dict "
+            "writes them."
+        )
+    keys = {str(k): k for k in template}
+    missing = sorted(set(keys) - set(loaded))
+    extra = sorted(set(loaded) - set(keys))
+    if missing or extra:
+        raise CheckpointError(
+            f"checkpoint entry {where} does not match the module's state: "
+            f"missing {missing}, unexpected {extra}; the module was built with "
+            "other stages or layers than the one saved."
+        )
+    return {
+        keys[k]: _restore_like(template[keys[k]], loaded[k], f"{where}/{k}")
+        for k in keys
+    }
+
+
+def _check_streams(module: nnx.Pytree, loaded: Mapping, index: int) -> None:
+    """Refuses a pipeline stream state that no pipeline can be in.
+
+    Called after :func:`_restore_like` accepted ``loaded``: its structure is the
+    module's, positions and epochs are int32 scalars. The key is checked on the
+    loaded value: any integer fitting uint32 converts, but a pipeline's key is
+    only ever stored as uint32 key data.
+    """
+    for path, pipe in _pipeline_nodes(module):
+        node = loaded
+        for part in path:
+            node = node[str(part)]
+        where = "/".join([str(index), *map(str, path)])
+        position, epoch = (
+            int(np.asarray(node["position"])),
+            int(np.asarray(node["epoch"])),
+        )
+        if position < 0:
+            raise CheckpointError(
+                f"checkpoint entry {where}/position is {position}; a stream position "
+                "counts the records served, so it is >= 0. The checkpoint was edited "
+                "or damaged: restore an intact copy."
             )
-        return {
-            keys[k]: _restore_like(template[keys[k]], loaded[k], f"{where}/{k}")
-            for k in keys
-        }
-    value = np.asarray(loaded)
-    if isinstance(template, jax.Array) and jax.dtypes.issubdtype(
-        template.dtype, jax.dtypes.prng_key
-    ):
-        expected = jax.random.key_data(template)
-        _check_leaf(expected, value, where)
-        # Copies, here and below: a jax array made from a NumPy buffer may share
-        # its memory, and the caller may reuse the dict after loading.
-        return jax.random.wrap_key_data(
-            jnp.array(value, copy=True), impl=jax.random.key_impl(template)
-        )
-    _check_leaf(np.asarray(template), value, where)
-    if isinstance(template, jax.Array):
-        return jnp.array(value, dtype=template.dtype, copy=True)
-    return np.array(value, dtype=np.asarray(template).dtype)  # a private copy
-
-
-def _check_leaf(template: Any, value: np.ndarray, where: str) -> None:
-    if template.shape != value.shape:
-        raise ValueError(
-            f"checkpoint entry {where} has shape {value.shape}, the module expects "
-            f"{template.shape}."
-        )
-
-
-def _flatten(tree: Mapping, prefix: tuple = ()) -> Iterator[tuple[str, np.ndarray]]:
-    for key, value in tree.items():
-        path = (*prefix, str(key))
-        if isinstance(value, Mapping):
-            yield from _flatten(value, path)
-        else:
-            # JSON paths: node names may hold any character, "/" included.
-            yield json.dumps(path), np.asarray(value)
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> StateDict:
-    out: StateDict = {}
-    for key, value in flat.items():
-        *parents, leaf = json.loads(key)
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
+        length = len(pipe.source)
+        if epoch != position // length:
+            raise CheckpointError(
+                f"checkpoint entry {where}/epoch is {epoch}, but position {position} "
+                f"over a source of {length} records is in epoch {position // length} "
+                "(a pipeline keeps epoch == position // len(source)). The "
+                "checkpoint was edited or damaged: restore an intact copy."
+            )
+        key = np.asarray(node["key"])
+        if key.dtype != np.uint32:
+            raise CheckpointError(
+                f"checkpoint entry {where}/key holds {key.dtype} {preview(key)}; "
+                "a pipeline's key is stored as its raw uint32 key data."
+            )
