@@ -1,5 +1,6 @@
 """The core of datarax: the data model, the source protocol, :class:`Pipeline`."""
 
+from datarax.core._dtypes import convert_for_jax, jax_dtype
 from datarax.core._iterable import IterableSource
 from datarax.core._keys import as_key, fold_in_host
 from datarax.core._pipeline import Pipeline, StreamVar
@@ -25,7 +26,9 @@ __all__ = [
     "SourceBase",
     "StreamVar",
     "as_key",
+    "convert_for_jax",
     "default_unroll",
     "describe_source",
     "fold_in_host",
+    "jax_dtype",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
+from datarax.core._dtypes import convert_for_jax
 from datarax.core._source import Batch, ElementSpec, SourceBase
 
 
@@ -95,7 +96,7 @@ class IterableSource(SourceBase):
         spec, owner, length = self.element_spec, type(self).__name__, len(self)
         served = 0
         for chunk in self.iter_epoch(epoch, key_data, skip):
-            chunk = _checked_chunk(chunk, spec, owner, epoch)
+            chunk = _checked_chunk(chunk, spec, owner, epoch, skip + served)
             served += len(next(iter(chunk.values())))
             if served > length - skip:
                 raise RuntimeError(
@@ -117,9 +118,18 @@ def _joined(
 
 
 def _checked_chunk(
-    chunk: dict[str, np.ndarray], spec: ElementSpec, owner: str, epoch: int
+    chunk: dict[str, np.ndarray],
+    spec: ElementSpec,
+    owner: str,
+    epoch: int,
+    first: int,
 ) -> dict[str, np.ndarray]:
-    """``chunk`` as NumPy arrays in spec order, or an error naming the field."""
+    """``chunk`` as NumPy arrays in spec order, or an error naming the field.
+
+    ``first`` is the chunk's first record in the epoch, for messages. Values
+    are cast to the spec's dtypes by :func:`convert_for_jax`: a 64-bit value
+    that 32 bits cannot hold is refused, never wrapped.
+    """
     missing = [name for name in spec if name not in chunk]
     if missing:
         raise ValueError(
@@ -135,5 +145,8 @@ def _checked_chunk(
                 f"epoch {epoch}, but the element spec says {tuple(s.shape)}; "
                 "every record must have the same shape."
             )
-        out[name] = array.astype(s.dtype, copy=False)
+        records = np.arange(first, first + len(array))
+        out[name] = convert_for_jax(
+            array, s.dtype, owner=owner, field=name, records=records
+        )
     return out

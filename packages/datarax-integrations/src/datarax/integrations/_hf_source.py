@@ -53,7 +53,10 @@ class HFSource(EagerSourceBase):
         TypeError: for an ``IterableDataset`` (use :class:`HFStreamingSource`) or
             any other type.
         FileNotFoundError: for a path that does not exist.
-        ValueError: naming the split, column or feature at fault.
+        ValueError: naming the split, column or feature at fault; without x64,
+            for an int64 / uint64 value beyond 32 bits or a finite float64
+            beyond float32 (JAX holds them in 32 bits), naming the column, the
+            value and its record.
 
     Examples:
         >>> import datasets, numpy as np

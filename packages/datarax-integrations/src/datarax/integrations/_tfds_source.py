@@ -29,7 +29,10 @@ class _Field(NamedTuple):
     name: str  # "a/b" for feature "b" of a nested FeaturesDict "a"
     path: tuple[str, ...]  # keys into a decoded (nested) example
     shape: tuple[int, ...]
-    dtype: np.dtype  # as JAX holds it (int64 -> int32 without x64)
+    # As the feature declares it. JAX may hold it narrower (int64 -> int32
+    # without x64): values are read at this width, so the narrowing is checked
+    # (EagerSourceBase, HostSourceBase) rather than wrapped by a NumPy cast here.
+    dtype: np.dtype
 
 
 def _tensorflow_available() -> bool:
@@ -162,7 +165,7 @@ def _array_fields(
             name,
             leaves[name][0],
             tuple(leaves[name][1].shape),
-            np.dtype(jax.dtypes.canonicalize_dtype(leaves[name][1].np_dtype)),
+            np.dtype(leaves[name][1].np_dtype),
         )
         for name in names
     ]
@@ -462,7 +465,10 @@ class TFDSStreamingSource(SourceBase):
     def element_spec(self) -> ElementSpec:
         """Shape and dtype of one record, per field (dtypes as JAX holds them)."""
         return {
-            f.name: jax.ShapeDtypeStruct(f.shape, f.dtype) for f in self.reader.fields
+            f.name: jax.ShapeDtypeStruct(
+                f.shape, jax.dtypes.canonicalize_dtype(f.dtype)
+            )
+            for f in self.reader.fields
         }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from datarax.core import ElementSpec
+from datarax.core import ElementSpec, jax_dtype
 from datarax.sources._host import HostSourceBase
 
 
@@ -21,8 +21,47 @@ class _MemoryMaps:
     arguments, and the host reads in the callback reach the files through it.
     """
 
-    def __init__(self, arrays: Mapping[str, np.memmap]):
+    def __init__(self, arrays: Mapping[str, np.memmap], paths: Mapping[str, Path]):
         self.arrays = dict(arrays)
+        # Absolute: a later os.chdir must not point the check at another file.
+        self.paths = {name: os.path.abspath(paths[name]) for name in self.arrays}
+        # The bytes each file needs: its header plus the rows the header declares.
+        self.sizes = {
+            name: int(array.offset) + array.nbytes
+            for name, array in self.arrays.items()
+        }
+
+    def check_sizes(self) -> None:
+        """Raises if a file shrank since it was opened.
+
+        Touching a memory-mapped page past a file's end kills the process with
+        SIGBUS, so every read first compares each file's size with what its
+        header needs: one ``os.stat`` per field, about 2 us, against a callback's
+        fixed 50-100 us. A file truncated between this check and the read still
+        faults; the check closes all but that window. A file that grew is fine:
+        the rows its header declares have not moved.
+
+        Raises:
+            ValueError: naming the file, the expected and the actual size.
+        """
+        for name, path in self.paths.items():
+            try:
+                size = os.stat(path).st_size
+            except OSError as err:
+                raise ValueError(
+                    f"StreamingDiskSource: {path} changed after the source opened "
+                    f"it: it cannot be read any more ({err}). Do not delete, move or "
+                    "rewrite the .npy files while a source reads them; open a new "
+                    "source after changing them."
+                ) from err
+            if size < self.sizes[name]:
+                raise ValueError(
+                    f"StreamingDiskSource: {path} changed after the source opened "
+                    f"it: it now holds {size} bytes, but its header needs "
+                    f"{self.sizes[name]} (reading it would crash the process with "
+                    "SIGBUS). Do not truncate or rewrite the .npy files while a "
+                    "source reads them; open a new source after changing them."
+                )
 
     def read(self, index: np.ndarray) -> tuple[np.ndarray, ...]:
         """Rows ``index`` (any shape) of every field, in field order.
@@ -94,6 +133,13 @@ class StreamingDiskSource(HostSourceBase):
     read. Inside a pipeline, ``scan`` reads about 8 MiB (up to 64 batches) per
     callback and iteration a chunk of batches per callback.
 
+    Rows are served in native byte order (big-endian files are converted as they
+    are read). Without x64, JAX holds 64-bit fields in 32 bits: each read checks
+    the rows it serves, so a value that does not fit (an int64 beyond int32, a
+    finite float64 beyond float32) stops the read that reaches it with an error
+    naming the field and record, rather than being served wrapped or as inf.
+    Checking the whole file at open would read all of it before the first batch.
+
     Args:
         path: a folder of ``.npy`` files, or one ``.npy`` file.
 
@@ -101,7 +147,10 @@ class StreamingDiskSource(HostSourceBase):
         FileNotFoundError: if ``path`` does not exist.
         ValueError: naming the file, for a folder without ``.npy`` files, files
             of different lengths, 0-d arrays, object or pickled arrays, and
-            truncated or corrupt files.
+            truncated or corrupt files. At a read (inside a compiled run it
+            arrives wrapped in a ``JaxRuntimeError`` carrying the message): for a
+            value 32 bits cannot hold, or a file that shrank or vanished after
+            the source opened it.
 
     Examples:
         >>> import numpy as np, tempfile, pathlib
@@ -136,21 +185,22 @@ class StreamingDiskSource(HostSourceBase):
         if self.length == 0:
             raise ValueError(f"StreamingDiskSource: {path} holds no records {lengths}.")
         self.path = str(path)
-        self.files = _MemoryMaps(arrays)
+        self.files = _MemoryMaps(arrays, {file.stem: file for file in files})
 
     @property
     def element_spec(self) -> ElementSpec:
         """Shape and dtype of one record, per field (dtypes as JAX holds them)."""
         return {
-            name: jax.ShapeDtypeStruct(array.shape[1:], _jax_dtype(array.dtype))
+            name: jax.ShapeDtypeStruct(array.shape[1:], jax_dtype(array.dtype))
             for name, array in self.files.arrays.items()
         }
 
     def host_read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows ``rows`` of every field, gathered from the memory maps."""
+        """Rows ``rows`` of every field, gathered from the memory maps.
+
+        Raises:
+            ValueError: naming the file, when a file shrank since the source
+                opened it (reading it would crash the process).
+        """
+        self.files.check_sizes()
         return dict(zip(self.files.arrays, self.files.read(rows), strict=True))
-
-
-def _jax_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype JAX gives an array of ``dtype`` (64-bit types narrow without x64)."""
-    return jax.dtypes.canonicalize_dtype(dtype)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from datarax.core import Batch, DataVar, ElementSpec
+from datarax.core import Batch, DataVar, ElementSpec, convert_for_jax, jax_dtype
 from datarax.sources._order import OrderedSource, OrderPlan
 
 
@@ -79,7 +79,10 @@ class EagerSourceBase(OrderedSource):
     touches once per run, before its loop, so each batch costs one gather.
 
     Subclasses (MemorySource, the HF / TFDS eager sources) convert their input to
-    a dict of arrays and call ``super().__init__(fields, owner=...)``.
+    a dict of arrays and call ``super().__init__(fields, owner=...)``. Pass
+    64-bit values at their own width: the base checks that they fit the dtype
+    JAX holds them in (:func:`convert_for_jax`); a NumPy cast made before would
+    wrap them unseen.
 
     Args:
         fields: field name -> array (NumPy or JAX), same leading length.
@@ -87,7 +90,10 @@ class EagerSourceBase(OrderedSource):
     """
 
     def __init__(self, fields: Mapping[str, Any], *, owner: str = "source"):
-        fields = validate_fields(fields, owner)
+        fields = {
+            name: _device_ready(value, owner, name)
+            for name, value in validate_fields(fields, owner).items()
+        }
         self.names = tuple(fields)
         self.arrays = nnx.List([DataVar(jnp.asarray(a)) for a in fields.values()])
         self.length = int(next(iter(fields.values())).shape[0])
@@ -120,6 +126,20 @@ class EagerSourceBase(OrderedSource):
             name: jnp.take(var[...], index, axis=0, mode="clip")
             for name, var in zip(self.names, self.arrays, strict=True)
         }
+
+
+def _device_ready(
+    value: np.ndarray | jax.Array, owner: str, field: str
+) -> np.ndarray | jax.Array:
+    """A field as JAX will hold it, checked: one min/max per narrowed field.
+
+    A NumPy field is brought to native byte order (``jnp.asarray`` rejects
+    big-endian arrays) and its 64-bit values are checked to fit 32 bits when x64
+    is off; a JAX array already holds a JAX dtype.
+    """
+    if not isinstance(value, np.ndarray):
+        return value
+    return convert_for_jax(value, jax_dtype(value.dtype), owner=owner, field=field)
 
 
 def _window(array: jax.Array, offset: jax.Array, size: int) -> jax.Array:

@@ -7,7 +7,7 @@ import math
 import jax
 import numpy as np
 
-from datarax.core import Batch
+from datarax.core import Batch, convert_for_jax
 from datarax.sources._order import OrderedSource
 
 #: Bytes a compiled run reads per host callback.
@@ -25,7 +25,10 @@ class HostSourceBase(OrderedSource):
     8 MiB (at most 64 batches) per call and iteration a chunk of batches.
 
     Subclasses set ``self.length``, implement :attr:`element_spec` (the dtypes
-    JAX will hold) and :meth:`host_read`. Keep file handles and readers behind a
+    JAX will hold) and :meth:`host_read`, which may return wider dtypes (int64
+    for an int32 spec): each read is cast to the spec, and a value that would
+    wrap or overflow to ``inf`` raises ``ValueError`` naming the field and
+    record. Keep file handles and readers behind a
     plain holder object (not an array attribute), so they never enter nnx state,
     checkpoints or a compiled function's arguments.
     """
@@ -61,15 +64,24 @@ class HostSourceBase(OrderedSource):
             jax.ShapeDtypeStruct((*index.shape, *s.shape), s.dtype)
             for s in spec.values()
         )
-        read = self.host_read
+        read, owner = self.host_read, type(self).__name__
 
         def callback(rows: np.ndarray) -> tuple[np.ndarray, ...]:
             flat = np.asarray(rows, dtype=np.int64).reshape(-1)
             fields = read(flat)
+            # Checked per read, not per file at open: a scan at open would read
+            # the whole dataset before the first batch. Only fields the cast
+            # narrows (64-bit without x64) pay a min/max; see convert_for_jax.
+            held = (
+                convert_for_jax(
+                    fields[name], s.dtype, owner=owner, field=name, records=flat
+                )
+                for name, s in spec.items()
+            )
             # Under vmap, rows carry the batched axes too: shape from rows.
             return tuple(
-                np.asarray(fields[name], dtype=s.dtype).reshape(*rows.shape, *s.shape)
-                for name, s in spec.items()
+                array.reshape(*rows.shape, *s.shape)
+                for array, s in zip(held, spec.values(), strict=True)
             )
 
         values = jax.pure_callback(callback, shapes, index, vmap_method="expand_dims")

@@ -22,9 +22,17 @@ class MemorySource(EagerSourceBase):
         data: field name -> array; every array has the same length on axis 0 and
             at least one axis.
 
+    Big-endian NumPy arrays are converted to native byte order. Without x64, JAX
+    holds 64-bit types in 32 bits: values that fit are narrowed (an int64
+    ``arange`` loses nothing); a value that would wrap (int64 / uint64 beyond
+    the 32-bit range) or turn from finite to ``inf`` (float64 beyond float32)
+    is refused. Float rounding is accepted, as everywhere in JAX.
+
     Raises:
         ValueError: for an empty mapping, non-array values, 0-d arrays, object or
-            string dtypes, or fields of different lengths, naming the fields.
+            string dtypes, or fields of different lengths, naming the fields;
+            for a value the 32-bit type cannot hold (x64 off), naming the field,
+            the value, its record and the fix.
 
     Examples:
         >>> import numpy as np
