@@ -26,8 +26,11 @@ def test_quickstart():
 
 def test_digits_demo_trains_both_ways():
     out = run("examples/digits_demo.py", "--epochs", "3")
-    accuracy = dict(re.findall(r"^(\w+):\s+test accuracy ([\d.]+)", out, re.M))
+    found = re.findall(r"^(\w+):\s+(\d+) steps, test accuracy ([\d.]+)", out, re.M)
+    accuracy = {mode: acc for mode, _, acc in found}
     assert set(accuracy) == {"iteration", "scan"}
+    # Both halves train the same steps on the same batches: 3 x 46.
+    assert [int(steps) for _, steps, _ in found] == [138, 138]
     # Same stream and init; the two compiled programs round differently, so
     # the models agree closely but not bit for bit.
     assert float(accuracy["scan"]) > 0.8 and float(accuracy["iteration"]) > 0.8
