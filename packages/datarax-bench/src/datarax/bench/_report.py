@@ -23,12 +23,17 @@ def _settings(settings: dict[str, Any]) -> str:
 def _row_line(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return (
-            f"| {row['adapter']} | {row['status']} | | | | | | | | "
+            f"| {row['adapter']} | {row['status']} | | | | | | | | | "
             f"{_cell(row['reason'])} |"
         )
     spread = f"{row['min_s'] * 1e3:.2f} – {row['max_s'] * 1e3:.2f}"
+    # Each ratio is divided by the floor measured next to that adapter (same
+    # process, same moment), not by the Floor row's own time: show which.
+    floor = row.get("floor", {}).get("median_s")
+    floor_ms = "" if floor is None else f"{floor * 1e3:.2f}"
     return (
         f"| {row['adapter']} | {row['x_floor']:.2f}x | {row['median_s'] * 1e3:.2f} | "
+        f"{floor_ms} | "
         f"{spread} | {row['batches_per_s']:,.0f} | {row['records_per_s']:,.0f} | "
         f"{row['first_batch_s'] * 1e3:,.0f} | {row['peak_rss_mb']:.1f} | "
         f"{_cell(_settings(row['settings']))} |"
@@ -127,11 +132,13 @@ def render_report(out: Path) -> Path:
             "",
             f"## {sid}: {info['title']}",
             "",
-            f"{info['num_batches']} batches of {info['batch_size']} per timed run.",
+            f"{info['num_batches']} batches of {info['batch_size']} per timed run. "
+            "Each x floor is the median divided by the floor measured with that "
+            "adapter (÷ floor ms), so it can differ from the Floor row's median.",
             "",
-            "| adapter | x floor | median ms | spread ms (min – max) | batches/s "
-            "| records/s | first batch ms | peak RSS MB | settings |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| adapter | x floor | median ms | ÷ floor ms | spread ms (min – max) "
+            "| batches/s | records/s | first batch ms | peak RSS MB | settings |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         lines += [_row_line(r) for r in mine]
         chart = scenario_chart(mine, f"{sid}: x Floor", out / CHARTS / f"{sid}.png")
