@@ -14,6 +14,15 @@ COLORS = {
 }
 
 
+def charts_available() -> bool:
+    """Whether matplotlib can be imported (the report leaves charts out if not)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _pyplot() -> Any:
     # Imported here: `import datarax.bench` must stay free of matplotlib, and Agg
     # renders without a display (servers, CI).
@@ -34,10 +43,11 @@ def scenario_chart(rows: list[dict[str, Any]], title: str, path: Path) -> Path |
         path: where to save it.
 
     Returns:
-        ``path``, or ``None`` when no row has a ratio to draw.
+        ``path``, or ``None`` when no row has a ratio to draw or matplotlib is
+        not installed.
     """
     drawn = [r for r in rows if r["status"] == "ok"]
-    if not drawn:
+    if not drawn or not charts_available():
         return None
     plt = _pyplot()
     names = [r["adapter"] for r in drawn]
@@ -72,10 +82,11 @@ def overview_chart(
     """Saves grouped bars of ``x_floor``: one group per scenario, one bar per adapter.
 
     Returns:
-        ``path``, or ``None`` when no row has a ratio to draw.
+        ``path``, or ``None`` when no row has a ratio to draw or matplotlib is
+        not installed.
     """
     drawn = [r for r in rows if r["status"] == "ok" and r["adapter"] != "Floor"]
-    if not drawn:
+    if not drawn or not charts_available():
         return None
     plt = _pyplot()
     adapters = list(dict.fromkeys(r["adapter"] for r in drawn))

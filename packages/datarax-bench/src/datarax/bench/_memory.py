@@ -21,6 +21,17 @@ def _own_peak() -> int | None:
     return None
 
 
+def _own_rss() -> int:
+    """This process's current RSS in bytes (Linux ``VmRSS``; 0 where unknown)."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _reset_own_peak() -> bool:
     """Resets ``VmHWM`` to the current RSS (Linux 4.0+); False where it cannot."""
     try:
@@ -45,16 +56,22 @@ class PeakRss:
 
     def __init__(self, *, interval: float = 0.05):
         # Imported here: `import datarax.bench` stays free of psutil (and quick).
-        import psutil
-
-        self._error = psutil.Error
+        # Without it (a GPU machine that can install nothing) only this process
+        # is measured, from /proc: worker processes are not counted.
+        try:
+            import psutil
+        except ImportError:
+            psutil = None
+        self._process = None if psutil is None else psutil.Process()
+        self._error = () if psutil is None else psutil.Error
         self._interval = interval
-        self._process = psutil.Process()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sampled_peak = 0
 
     def _tree_rss(self) -> int:
+        if self._process is None:
+            return _own_rss()
         total = self._process.memory_info().rss
         for child in self._process.children(recursive=True):
             try:
@@ -70,7 +87,9 @@ class PeakRss:
     def start(self) -> None:
         """Takes the baseline and starts sampling."""
         self._has_hwm = _reset_own_peak()
-        self._own_base = self._process.memory_info().rss
+        self._own_base = (
+            _own_rss() if self._process is None else self._process.memory_info().rss
+        )
         self._tree_base = self._tree_rss()
         self._sampled_peak = self._tree_base
         self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -106,7 +106,7 @@ def render_report(out: Path) -> Path:
     Returns:
         The path of ``report.md``.
     """
-    from datarax.bench._charts import overview_chart, scenario_chart
+    from datarax.bench._charts import charts_available, overview_chart, scenario_chart
 
     out = Path(out)
     results = load_results(out)
@@ -122,6 +122,8 @@ def render_report(out: Path) -> Path:
         "",
         ratio_table(results),
     ]
+    if not charts_available():
+        lines += ["", "(No charts: matplotlib is not installed.)"]
     overview = overview_chart(rows, scenarios, out / CHARTS / "overview.png")
     if overview is not None:
         lines += ["", f"![ratio to Floor per scenario]({CHARTS}/overview.png)"]
