@@ -231,7 +231,7 @@ def test_a_dag_node_must_take_one_argument_per_predecessor():
             batch_size=2,
         )
     assert "DAG node 'sum' is <lambda>(a)" in info.exconly()
-    assert "outputs of its 2 predecessors" in info.exconly()
+    assert "called with 2 positional arguments" in info.exconly()
 
 
 def test_stages_with_defaults_varargs_and_builtins_pass_the_arity_check():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from datarax import Pipeline
 from datarax.checkpoint import load_state_dict, state_dict
@@ -57,7 +57,11 @@ def test_each_child_served_in_its_own_epochs_without_replacement(
     lengths, raw_weights, block_size, shuffle
 ):
     weights = raw_weights[: len(lengths)]
-    mix = MixDataSourcesNode(children(lengths), weights, block_size=block_size)
+    try:
+        mix = MixDataSourcesNode(children(lengths), weights, block_size=block_size)
+    except ValueError as err:  # a child whose quota rounds to 0 is refused
+        assert "would never be drawn" in str(err)
+        assume(False)
     key = jax.random.key(1) if shuffle else None
     stream = read(mix, 0, 6 * block_size + 17, key)
     for child, length in enumerate(lengths):

@@ -265,14 +265,21 @@ def test_file_deleted_after_open_is_named(tmp_path):
         jax.block_until_ready(source.get_batch_at(0, 2))
 
 
-def test_file_grown_after_open_is_still_read(tmp_path):
-    # Appending does not move the rows the header declared: still safe to read.
+def test_file_grown_after_open_is_refused(tmp_path):
+    # An append cannot be told from a rewrite by the file's stamp (np.save of a
+    # longer array over the file also grows it), so a grown file is refused too.
     path = tmp_path / "x.npy"
     np.save(path, np.arange(10, dtype=np.int32))
     source = StreamingDiskSource(path)
+    assert np.asarray(source.get_batch_at(8, 3)["x"]).tolist() == [8, 9, 0]
     with open(path, "ab") as f:
         f.write(b"\0" * 64)
-    assert np.asarray(source.get_batch_at(8, 3)["x"]).tolist() == [8, 9, 0]
+    match = re.escape(
+        f"StreamingDiskSource: {path} changed after the source opened it: its size "
+        "went from 168 to 232 bytes"
+    )
+    with pytest.raises(READ_ERRORS, match=match):
+        jax.block_until_ready(source.get_batch_at(8, 3))
 
 
 # x64 on: the values stay exact -------------------------------------------------

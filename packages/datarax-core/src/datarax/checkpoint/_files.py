@@ -7,14 +7,19 @@ import os
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from flax import nnx
 
 from datarax.checkpoint import _temporaries
 from datarax.checkpoint._errors import CheckpointError
-from datarax.checkpoint._state import StateDict, load_state_dict, state_dict
+from datarax.checkpoint._state import (
+    StateDict,
+    check_some,
+    load_state_dict,
+    state_dict,
+)
 
 #: How a ``.npz`` archive starts: a zip entry, or the end record of an empty zip.
 _ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -35,7 +40,13 @@ def save(path: str | os.PathLike, *modules: nnx.Pytree) -> None:
         CheckpointError: for a Variable holding Python objects, which a checkpoint
             cannot store.
     """
-    path = Path(path)
+    path = checked_path(path, "save")
+    check_some(modules, "save")
+    if path.is_dir():
+        raise CheckpointError(
+            f"cannot save {os.fspath(path)!r}: it is a folder; save to a file in "
+            "it, e.g. folder / 'checkpoint.npz'."
+        )
     flat = dict(_flatten(state_dict(*modules)))
     _check_storable(flat, path)
     fd, tmp = _temporaries.create(path)
@@ -53,6 +64,16 @@ def save(path: str | os.PathLike, *modules: nnx.Pytree) -> None:
         raise
     finally:
         _temporaries.release(tmp)
+
+
+def checked_path(path: Any, what: str) -> Path:
+    """``path`` as a ``Path``, refusing what is not a str or ``os.PathLike``."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"{what} takes the checkpoint's path first (a str or os.PathLike), got "
+            f"{type(path).__name__} {path!r:.60}; write {what}(path, pipe, ...)."
+        )
+    return Path(path)
 
 
 def _check_storable(flat: Mapping[str, np.ndarray], path: Path) -> None:
@@ -81,9 +102,11 @@ def restore(path: str | os.PathLike, *modules: nnx.Pytree) -> None:
             damaged one (truncated, failing the zip checksums), or a state that
             :func:`load_state_dict` refuses.
     """
+    path = checked_path(path, "restore")
+    check_some(modules, "restore")
     shown = os.fspath(path)
     try:
-        load_state_dict(_unflatten(read(Path(path))), *modules)
+        load_state_dict(_unflatten(read(path)), *modules)
     except CheckpointError as err:
         raise CheckpointError(f"cannot restore {shown!r}: {err}") from err.__cause__
 

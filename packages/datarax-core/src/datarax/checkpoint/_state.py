@@ -46,6 +46,7 @@ def state_dict(*modules: nnx.Pytree) -> StateDict:
         >>> int(state_dict(pipe)["0"]["position"])
         4
     """
+    check_some(modules, "state_dict")
     out: StateDict = {}
     for index, module in enumerate(modules):
         _check_module(module, index)
@@ -86,6 +87,7 @@ def load_state_dict(d: Mapping[str, Any], *modules: nnx.Pytree) -> None:
             position, an epoch other than ``position // len(source)``.
         TypeError: for a module that is not an nnx graph node.
     """
+    check_some(modules, "load_state_dict")
     entries = _entries(d, len(modules))
     updates = []
     for index, (module, entry) in enumerate(zip(modules, entries, strict=True)):
@@ -104,6 +106,16 @@ def load_state_dict(d: Mapping[str, Any], *modules: nnx.Pytree) -> None:
 
 
 # -- helpers ----------------------------------------------------------------------
+
+
+def check_some(modules: tuple, what: str) -> None:
+    """Refuses a call without modules: its checkpoint would hold nothing."""
+    if not modules:
+        raise TypeError(
+            f"{what} got no modules to checkpoint; pass the pipeline and the "
+            "modules it feeds (pipe, model, optimizer), in the same order when "
+            "saving and restoring."
+        )
 
 
 def _check_module(module: object, index: int) -> None:

@@ -74,12 +74,20 @@ def check_options(
             f"shuffle=True needs a source that can shuffle; {type(source).__name__} "
             "cannot. Use shuffle=False."
         )
-    if len(source) < 1:
-        raise ValueError(f"the source {type(source).__name__} holds no records.")
-    if drop_last and num_epochs is not None and num_epochs * len(source) < batch_size:
+    length = source.__len__()
+    if isinstance(length, bool) or not isinstance(length, int | np.integer):
+        raise TypeError(
+            f"len() of the source {type(source).__name__} is {length!r}; __len__ "
+            "(or self.length) must be a Python int, the number of records."
+        )
+    if length < 1:
+        raise ValueError(
+            f"the source {type(source).__name__} holds no records (len {length})."
+        )
+    if drop_last and num_epochs is not None and num_epochs * length < batch_size:
         raise ValueError(
             f"iteration would serve no batch: num_epochs={num_epochs} of "
-            f"{len(source)} records hold fewer than batch_size={batch_size}, and "
+            f"{length} records hold fewer than batch_size={batch_size}, and "
             "drop_last=True drops the short one. Pass drop_last=False, more "
             "num_epochs (None for endless), or a smaller batch_size."
         )
@@ -110,6 +118,11 @@ def check_rngs(rngs: Any) -> nnx.Rngs:
         raise TypeError(
             f"rngs must be an nnx.Rngs, got {type(rngs).__name__}; write "
             "rngs=nnx.Rngs(0) (a seed or a key goes inside: nnx.Rngs(seed))."
+        )
+    if not hasattr(rngs, "default"):  # the pipeline draws its seed from it
+        raise ValueError(
+            "rngs has no default stream (only named ones); give it one: "
+            "nnx.Rngs(0) or nnx.Rngs(default=0, params=1)."
         )
     return rngs
 

@@ -11,6 +11,7 @@ protocol, so it imports nothing above it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -110,11 +111,48 @@ def _local_size(stream: Stream) -> tuple[int, int]:
     return local, jax.process_index() * local
 
 
+def read_records(stream: Stream, window: Window, start: Any, count: int) -> Batch:
+    """``count`` records from stream position ``start``, checked against the spec.
+
+    Checked at trace time (shapes and dtypes are static): a source whose reads
+    contradict its ``element_spec`` is named here, not blamed on a stage later.
+    """
+    source: DataSource = stream.source  # type: ignore[assignment]
+    raw = source.read(window.plan, start, count, window.keys.shuffle)
+    return checked_read(source, raw, count)
+
+
+def checked_read(source: SourceBase, raw: Any, count: int) -> Batch:
+    """Refuses a read that is not ``count`` records of the source's element spec."""
+    name = type(source).__name__
+    if not isinstance(raw, Mapping):
+        raise TypeError(
+            f"{name}.read returned a {type(raw).__name__}; a read returns a batch: "
+            "a dict of field name -> array with the records on axis 0."
+        )
+    spec = source.element_spec
+    if set(raw) != set(spec):
+        raise ValueError(
+            f"{name}.read returned the fields {sorted(raw)}, but its element_spec "
+            f"declares {sorted(spec)}; make the two agree."
+        )
+    for field, want in spec.items():
+        shape = tuple(getattr(raw[field], "shape", ()))
+        dtype = getattr(raw[field], "dtype", None)
+        if shape != (count, *want.shape) or dtype != want.dtype:
+            raise ValueError(
+                f"{name}.read returned field {field!r} as {dtype}{list(shape)} for "
+                f"{count} records, but its element_spec declares {want.dtype}"
+                f"{list(want.shape)} per record; a read of n records returns "
+                "[n, *record shape] of the declared dtype."
+            )
+    return dict(raw)
+
+
 def read_batch(stream: Stream, window: Window, start: jax.Array) -> Batch:
     """This process's slice of the batch at stream position ``start``, staged."""
-    source: DataSource = stream.source  # type: ignore[assignment]
     local, low = _local_size(stream)
-    raw = source.read(window.plan, start + low, local, window.keys.shuffle)
+    raw = read_records(stream, window, start + low, local)
     return _run_stages(stream, raw, start + low, local, window.keys)
 
 
@@ -124,9 +162,8 @@ def read_batches(stream: Stream, window: Window, count: int) -> list[Batch]:
     One read of ``count * batch_size`` records, sliced statically, costs XLA:CPU
     one kernel where a read per batch costs several per batch.
     """
-    source: DataSource = stream.source  # type: ignore[assignment]
     size = stream.batch_size
-    raw = source.read(window.plan, window.start, count * size, window.keys.shuffle)
+    raw = read_records(stream, window, window.start, count * size)
     return [
         stage_records(
             stream,
@@ -182,6 +219,25 @@ def advance(stream: Stream, count: int) -> None:
         write_position(stream, int(raw) + count)
 
 
+def check_room(stream: Stream, count: int) -> None:
+    """Refuses, before any work, a run that would pass the int32 positions.
+
+    Inside a compiled run the positions would wrap to negative ones and serve
+    the wrong records before the host could notice.
+    """
+    raw = stream.position.get_raw_value()
+    if not isinstance(raw, jax.core.Tracer) and int(raw) + count > MAX_POSITION:
+        raise OverflowError(_past_the_end(int(raw) + count))
+
+
+def _past_the_end(position: int) -> str:
+    return (
+        f"stream position {position} passed 2**31 - 1 records; build a new "
+        "pipeline (the record stream of epoch e is the same in any pipeline of "
+        "the same construction)."
+    )
+
+
 def write_position(stream: Stream, position: int) -> None:
     """Sets position and epoch from the host, outside any trace.
 
@@ -193,11 +249,7 @@ def write_position(stream: Stream, position: int) -> None:
         OverflowError: past 2**31 - 1 records (int32 positions).
     """
     if position > MAX_POSITION:
-        raise OverflowError(
-            f"stream position {position} passed 2**31 - 1 records; build a new "
-            "pipeline (the record stream of epoch e is the same in any pipeline of "
-            "the same construction)."
-        )
+        raise OverflowError(_past_the_end(position))
     write_host_value(stream.position, np.asarray(position, np.int32))
     epoch = position // len(stream.source)
     held = stream.epoch.get_raw_value()

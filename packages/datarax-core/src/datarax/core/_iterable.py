@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np
@@ -130,6 +130,12 @@ def _checked_chunk(
     are cast to the spec's dtypes by :func:`convert_for_jax`: a 64-bit value
     that 32 bits cannot hold is refused, never wrapped.
     """
+    if not isinstance(chunk, Mapping):
+        raise TypeError(
+            f"{owner}: iter_epoch yielded a {type(chunk).__name__} in epoch "
+            f"{epoch}; it yields chunks: dicts of field name -> array with the "
+            "records on axis 0."
+        )
     missing = [name for name in spec if name not in chunk]
     if missing:
         raise ValueError(
@@ -139,7 +145,7 @@ def _checked_chunk(
     out = {}
     for name, s in spec.items():
         array = np.asarray(chunk[name])
-        if array.shape[1:] != tuple(s.shape):
+        if array.ndim == 0 or array.shape[1:] != tuple(s.shape):
             raise ValueError(
                 f"{owner}: field {name!r} has records of shape {array.shape[1:]} in "
                 f"epoch {epoch}, but the element spec says {tuple(s.shape)}; "

@@ -20,6 +20,7 @@ from datarax.core._compiled import build_chunk, cached_program
 from datarax.core._feed import (
     advance,
     check_not_closed_over,
+    check_room,
     host_plan,
     is_traced,
     traced_step,
@@ -27,11 +28,12 @@ from datarax.core._feed import (
 from datarax.core._iterable import IterableSource
 from datarax.core._iterator import iterate
 from datarax.core._records import operator_identities
-from datarax.core._scan import check_step_fn, scan_builder
+from datarax.core._scan import check_carry, check_step_fn, scan_builder
 from datarax.core._source import Batch, SourceBase
 from datarax.core._stages import (
     Stage,
     check_callables,
+    checked_input,
     checked_output,
     record_count,
     stage_name,
@@ -207,6 +209,7 @@ class Pipeline(nnx.Module):
         Override in a subclass to wire stages any way you like; stochastic
         operators reached from ``self`` get their per-record keys either way.
         """
+        batch = checked_input(batch)
         if self._dag is not None:
             assert self.nodes is not None
             return self._dag.run(self.nodes, batch)
@@ -253,8 +256,9 @@ class Pipeline(nnx.Module):
         Traceable: inside your own ``nnx.jit`` / ``nnx.grad`` function that takes
         the pipeline as an argument, ``batch = pipe.step()`` loads the batch inside
         the compiled step and the position update persists like any nnx state
-        change. Called eagerly it runs one cached compiled function. Ignores
-        ``num_epochs`` and ``drop_last``: the stream is endless.
+        change (plain ``jax.jit`` carries no nnx state out: return the pipeline
+        from your function there). Called eagerly it runs one cached compiled
+        function. Ignores ``num_epochs`` and ``drop_last``: the stream is endless.
 
         Inside your own jit each call plans its batch alone (a shuffled source
         computes the permutation of the epochs it touches); ``scan`` plans once
@@ -264,6 +268,7 @@ class Pipeline(nnx.Module):
         if is_traced(self):
             return traced_step(self)
         check_not_closed_over("Pipeline.step()")
+        check_room(self, self.batch_size)
         program = cached_program(
             self, ("step",), (self,), None, lambda spec, g: build_chunk(spec, length=1)
         )
@@ -323,6 +328,8 @@ class Pipeline(nnx.Module):
         modules = check_modules(modules)
         has_carry = init_carry is not None
         check_step_fn(step_fn, len(modules), has_carry)
+        check_carry(init_carry)
+        check_room(self, length * self.batch_size)
         build = scan_builder(
             step_fn,
             length=length,

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from datarax.core._compiled import (
     ChangeRecorder,
@@ -15,7 +16,14 @@ from datarax.core._compiled import (
     probe_batch,
     steps_per_read,
 )
-from datarax.core._feed import Stream, Window, open_window, read_batch, stage_records
+from datarax.core._feed import (
+    Stream,
+    Window,
+    open_window,
+    read_batch,
+    read_records,
+    stage_records,
+)
 from datarax.core._graph import Graph, GraphSpec
 from datarax.core._stages import takes_positional
 
@@ -77,6 +85,63 @@ def check_step_fn(step_fn: StepFn, num_modules: int, has_carry: bool) -> None:
         )
 
 
+def check_carry(init_carry: Any) -> None:
+    """Refuses an ``init_carry`` with leaves that are not arrays or numbers."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(init_carry):
+        if not _is_array(leaf):
+            where = jax.tree_util.keystr(path) or "init_carry"
+            raise TypeError(
+                f"init_carry{jax.tree_util.keystr(path)} is a "
+                f"{type(leaf).__name__}, but a carry holds arrays (a pytree of "
+                f"arrays or numbers); got {leaf!r:.60} at {where}."
+            )
+
+
+def _check_step_result(
+    carry: Any, new_carry: Any, out: Any, form: str, has_carry: bool
+) -> None:
+    """Refuses a carry that changed type and outputs that are not arrays."""
+    if has_carry:
+        old = jax.tree.structure(carry)
+        if jax.tree.structure(new_carry) != old:
+            raise TypeError(
+                f"step_fn returned a carry of structure "
+                f"{jax.tree.structure(new_carry)}, but it received {old}: scan "
+                f"calls {form}, and the carry keeps its structure, shapes and "
+                "dtypes from step to step."
+            )
+        for path, (a, b) in _paired(carry, new_carry):
+            if jnp.shape(a) != jnp.shape(b) or jnp.result_type(a) != jnp.result_type(b):
+                raise TypeError(
+                    f"step_fn returned carry{path} as {jnp.result_type(b)}"
+                    f"{list(jnp.shape(b))}, but it received "
+                    f"{jnp.result_type(a)}{list(jnp.shape(a))}; the carry keeps "
+                    "its shapes and dtypes (cast it, e.g. x.astype(...))."
+                )
+    for path, leaf in jax.tree_util.tree_leaves_with_path(out):
+        if not _is_array(leaf):
+            raise TypeError(
+                f"step_fn returned a {type(leaf).__name__} in its output"
+                f"{jax.tree_util.keystr(path)}; scan stacks outputs, which must "
+                f"be arrays (or None). It calls {form}."
+            )
+
+
+def _is_array(leaf: Any) -> bool:
+    """An array or a number (what ``lax.scan`` carries and stacks)."""
+    if isinstance(leaf, np.ndarray):
+        return leaf.dtype.kind not in "OUSV"
+    return isinstance(leaf, jax.Array | np.number | np.bool_ | int | float | complex)
+
+
+def _paired(a: Any, b: Any) -> list[tuple[str, tuple[Any, Any]]]:
+    left = jax.tree_util.tree_leaves_with_path(a)
+    right = jax.tree.leaves(b)
+    return [
+        (jax.tree_util.keystr(p), (x, y)) for (p, x), y in zip(left, right, strict=True)
+    ]
+
+
 def scan_builder(
     step_fn: StepFn,
     *,
@@ -128,7 +193,9 @@ class _Body:
         form = step_form(len(modules), self.has_carry)
         try:
             if not self.has_carry:
-                return None, self.step_fn(*modules, batch)
+                out = self.step_fn(*modules, batch)
+                _check_step_result(None, None, out, form, False)
+                return None, out
             result = self.step_fn(carry, *modules, batch)
         except Exception as err:
             called = ", ".join(type(m).__name__ for m in modules) or "no modules"
@@ -143,7 +210,8 @@ class _Body:
                 f"with init_carry, step_fn must return a tuple (carry, out): scan "
                 f"calls {form}; it returned {_describe(result)}."
             )
-        return result
+        _check_step_result(carry, result[0], result[1], form, True)
+        return result[0], result[1]
 
     def read_steps(
         self, stream: Stream, carry: tuple, first_step: Any, count: int
@@ -153,9 +221,7 @@ class _Body:
         assert window is not None
         size = stream.batch_size
         chunk_start = window.start + first_step * size
-        raw = stream.source.read(  # type: ignore[attr-defined]
-            window.plan, chunk_start, count * size, window.keys.shuffle
-        )
+        raw = read_records(stream, window, chunk_start, count * size)
         raw = {k: v.reshape(count, size, *v.shape[1:]) for k, v in raw.items()}
 
         def inner(carry: tuple, xs: tuple) -> tuple:

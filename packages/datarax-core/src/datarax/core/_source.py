@@ -299,4 +299,14 @@ def _checked_start(start: object) -> jax.Array:
             "start must be an integer scalar (a Python int, or an integer array of "
             f"shape ()), got {type(start).__name__} {start!r}."
         )
+    # A concrete start is checked here; a traced one cannot be, and is the
+    # caller's (a pipeline's positions are never negative or past the range).
+    if not isinstance(start, jax.core.Tracer):
+        value = int(start)  # type: ignore[call-overload]
+        if not 0 <= value <= MAX_POSITION:
+            raise ValueError(
+                f"start must be a stream position from 0 to {MAX_POSITION} (int32), "
+                f"got {value}; a negative start would wrap around to the end of an "
+                "epoch without a word."
+            )
     return jnp.asarray(start, jnp.int32)

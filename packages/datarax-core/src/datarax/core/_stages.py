@@ -31,6 +31,17 @@ def record_count(batch: Mapping[str, Any]) -> int | None:
     return None
 
 
+def checked_input(batch: Any) -> Batch:
+    """Refuses a pipeline called on something other than a batch."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"a pipeline is called on a batch: a dict of field name -> array, "
+            f"got {type(batch).__name__}; to get batches, iterate it or call "
+            "step()."
+        )
+    return batch  # type: ignore[return-value]
+
+
 def checked_output(batch: Any, where: str, count: int | None = None) -> Batch:
     """Refuses a stage output that is not a batch of ``count`` records.
 
@@ -74,9 +85,16 @@ def check_callables(
                 f"{what} {name!r} is a {type(stage).__name__}, not a callable "
                 "batch -> batch."
             )
+        # A module class would be instantiated with the batch as its argument.
+        if isinstance(stage, type) and issubclass(stage, nnx.Module):
+            raise TypeError(
+                f"{what} {name!r} is the class {stage.__name__}, not an instance "
+                f"of it; write {stage.__name__}(...)."
+            )
         count = 1 if arity is None else max(1, arity[name])
         if not takes_positional(stage, count):
-            raise TypeError(_arity_message(stage, f"{what} {name!r}", count))
+            where = f"{what} {name!r}"
+            raise TypeError(_arity_message(stage, where, count, arity is not None))
 
 
 def takes_positional(fn: Callable, count: int) -> bool:
@@ -96,18 +114,19 @@ def takes_positional(fn: Callable, count: int) -> bool:
     return True
 
 
-def _arity_message(stage: object, where: str, count: int) -> str:
+def _arity_message(stage: object, where: str, count: int, in_dag: bool) -> str:
     try:
         signature = f"{stage_name(stage)}{inspect.signature(stage)}"  # type: ignore[arg-type]
     except (TypeError, ValueError):
         signature = stage_name(stage)
-    if count == 1:
+    if not in_dag:
         return (
             f"{where} is {signature}, but stages are called with one batch: "
             "stage(batch) -> batch. A per-record function fn(record, key) goes "
             "into ElementOperator(fn) (stochastic=True if it uses the key)."
         )
     return (
-        f"{where} is {signature}, but it is called with the outputs of its "
-        f"{count} predecessors in edges, one positional argument each."
+        f"{where} is {signature}, but it is called with {count} positional "
+        f"argument{'s' * (count > 1)}: the outputs of its predecessors in edges "
+        "(the source batch when it has none), one argument each."
     )

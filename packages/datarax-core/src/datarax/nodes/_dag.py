@@ -147,9 +147,13 @@ def _check_types(
         )
     for name, preds in edges.items():
         if isinstance(preds, str | bytes) or not isinstance(preds, Sequence):
+            hint = (
+                f"; write edges[{name!r}] = [{preds!r}] for one predecessor"
+                if isinstance(preds, str)
+                else " ([] for a node that reads the source batch)"
+            )
             raise TypeError(
-                f"edges[{name!r}] must be a list of node names, got {preds!r}; "
-                f"write edges[{name!r}] = [{preds!r}] for one predecessor."
+                f"edges[{name!r}] must be a list of node names, got {preds!r}{hint}."
             )
         bad = [p for p in preds if not isinstance(p, str)]
         if bad:

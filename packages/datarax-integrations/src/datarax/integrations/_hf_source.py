@@ -46,14 +46,18 @@ class HFSource(EagerSourceBase):
     Args:
         dataset_or_path: a ``datasets.Dataset``; a ``DatasetDict`` (then give
             ``split``); or the path of a folder written by ``save_to_disk``.
-        split: the split of a ``DatasetDict`` to read.
-        columns: the columns to keep (default: all).
+        split: the split of a ``DatasetDict`` to read. Given with a single
+            ``Dataset``, it must be that dataset's split name.
+        columns: the columns to keep (default: all), each named once.
 
     Raises:
         TypeError: for an ``IterableDataset`` (use :class:`HFStreamingSource`) or
             any other type.
-        FileNotFoundError: for a path that does not exist.
-        ValueError: naming the split, column or feature at fault; without x64,
+        FileNotFoundError: for a path that does not exist, or is not a folder
+            written by ``save_to_disk``.
+        ValueError: naming the split, column or feature at fault (a column named
+            twice; ``split=`` with a ``Dataset`` that has no split name or
+            another one); without x64,
             for an int64 / uint64 value beyond 32 bits or a finite float64
             beyond float32 (JAX holds them in 32 bits), naming the column, the
             value and its record.
@@ -103,8 +107,11 @@ class HFStreamingSource(IterableSource):
     Args:
         dataset: an ``IterableDataset``, an ``IterableDatasetDict`` (then give
             ``split``), or a ``Dataset`` (streamed with ``to_iterable_dataset``).
-        split: the split of a dict of datasets.
-        columns: the columns to keep (default: all).
+        split: the split of a dict of datasets. Given with a single dataset,
+            it must be that dataset's split name.
+        columns: the columns to keep (default: all), each named once. A
+            dataset that knows no columns (``IterableDataset.from_generator``
+            without ``features=``) is read from its first record.
         length: records per epoch. Default: the split's ``num_examples`` when the
             dataset's info knows it, else counted by one pass over the data.
         chunk_size: records read per chunk from the dataset.
@@ -113,7 +120,11 @@ class HFStreamingSource(IterableSource):
     Raises:
         TypeError: for a type other than those above.
         ValueError: naming the column or split at fault; a column whose records
-            are not fixed-shape arrays (strings, ragged lists).
+            are not fixed-shape arrays (strings, ragged lists) or that has
+            missing values (nulls), found at construction in the first chunk or
+            at the read of a later one. A null in a float column arrives from
+            the ``datasets`` numpy format as NaN, indistinguishable from a stored
+            NaN, and is served as NaN.
 
     Examples:
         >>> import datasets, numpy as np
@@ -144,7 +155,7 @@ class HFStreamingSource(IterableSource):
         dataset = _resolve(
             dataset, split, "HFStreamingSource", datasets.IterableDataset
         )
-        names = _columns(list(dataset.column_names or ()), columns, "HFStreamingSource")
+        names = _columns(_column_names(dataset), columns, "HFStreamingSource")
         dataset = dataset.select_columns(names)
         for name, size in (
             ("chunk_size", chunk_size),
@@ -158,7 +169,7 @@ class HFStreamingSource(IterableSource):
         self.chunk_size = chunk_size
         self.shuffle_buffer = shuffle_buffer
         self.spec = _peek_spec(dataset, names, chunk_size)
-        self.length = _length(dataset, split, length, chunk_size)
+        self.length = _length(dataset, names[0], split, length, chunk_size)
 
     @property
     def element_spec(self) -> ElementSpec:
@@ -180,13 +191,14 @@ class HFStreamingSource(IterableSource):
             seed = zlib.crc32(words.astype(np.uint32).tobytes())
             dataset = dataset.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
         chunks = dataset.with_format("numpy").iter(batch_size=self.chunk_size)
+        dtypes = {name: dtype for name, _, dtype in self.spec}
         for chunk in chunks:
             size = len(chunk[self.stream.names[0]])
             if skip >= size:
                 skip -= size
                 continue
             yield {
-                name: _chunk_array(name, chunk[name])[skip:]
+                name: _chunk_array(name, chunk[name], dtypes[name])[skip:]
                 for name in self.stream.names
             }
             skip = 0
@@ -209,9 +221,7 @@ def _resolve(value: Any, split: str | None, owner: str, want: type) -> Any:
                 "save_to_disk use HFSource (random access), or pass "
                 "datasets.load_from_disk(path).to_iterable_dataset()."
             )
-        if not os.path.exists(value):
-            raise FileNotFoundError(f"{owner}: {os.fspath(value)} does not exist.")
-        value = datasets.load_from_disk(os.fspath(value))
+        value = _load_from_disk(os.fspath(value), owner)
     if isinstance(value, datasets.DatasetDict | datasets.IterableDatasetDict):
         splits = sorted(value)
         if split is None:
@@ -220,7 +230,28 @@ def _resolve(value: Any, split: str | None, owner: str, want: type) -> Any:
             )
         if split not in value:
             raise ValueError(f"{owner}: no split {split!r}; the splits are {splits}.")
-        value = value[split]
+        # Chosen by split=, which needs no check against the split's own name
+        # (a split of a DatasetDict built in memory has none).
+        return _checked_type(value[split], owner, want)
+    value = _checked_type(value, owner, want)
+    if split is not None and value.split is None:
+        # Nothing to check split= against: ignoring it would let a caller think
+        # they chose a split.
+        raise ValueError(
+            f"{owner}: split={split!r} was given, but the dataset is a single "
+            f"datasets.{type(value).__name__} without a split name; split= chooses "
+            "from a DatasetDict: pass the DatasetDict or drop split=."
+        )
+    if split is not None and str(value.split) != split:
+        raise ValueError(
+            f"{owner}: split={split!r} was given, but the dataset is the "
+            f"{str(value.split)!r} split; pass the DatasetDict or drop split=."
+        )
+    return value
+
+
+def _checked_type(value: Any, owner: str, want: type) -> Any:
+    """``value`` if it is a ``want`` dataset, else a ``TypeError`` saying what is."""
     if want is datasets.Dataset and isinstance(value, datasets.IterableDataset):
         raise TypeError(
             "HFSource materialises a datasets.Dataset; an IterableDataset can only "
@@ -232,12 +263,24 @@ def _resolve(value: Any, split: str | None, owner: str, want: type) -> Any:
             f"{owner}: expected a datasets.{want.__name__}, a dict of splits or "
             f"(HFSource) a save_to_disk folder; got {type(value).__name__}."
         )
-    if split is not None and value.split is not None and str(value.split) != split:
-        raise ValueError(
-            f"{owner}: split={split!r} was given, but the dataset is the "
-            f"{str(value.split)!r} split; pass the DatasetDict or drop split=."
-        )
     return value
+
+
+def _load_from_disk(path: str, owner: str) -> Any:
+    """The dataset ``save_to_disk`` wrote to ``path``, or an error naming it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{owner}: {path} does not exist.")
+    try:
+        return datasets.load_from_disk(path)
+    except FileNotFoundError as err:
+        # datasets says "Directory ... is neither ..." even of a plain file.
+        kind = "folder" if os.path.isdir(path) else "file"
+        raise FileNotFoundError(
+            f"{owner}: the {kind} {path} is not a dataset written by save_to_disk "
+            f"({err}). {owner} takes a datasets.Dataset, a DatasetDict with "
+            "split=..., or the folder Dataset.save_to_disk / "
+            "DatasetDict.save_to_disk wrote."
+        ) from err
 
 
 def _columns(available: list[str], columns: Sequence[str] | None, owner: str) -> list:
@@ -252,7 +295,15 @@ def _columns(available: list[str], columns: Sequence[str] | None, owner: str) ->
         )
     if not columns:
         raise ValueError(f"{owner}: columns=[] selects nothing; name at least one.")
-    return list(columns)
+    columns = list(columns)
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        # Arrow would fail with a bare KeyError; a field can only be served once.
+        raise ValueError(
+            f"{owner}: columns {twice} are named more than once in columns="
+            f"{columns!r}; name each column once."
+        )
+    return columns
 
 
 def _to_numpy(name: str, column: Any) -> np.ndarray:
@@ -300,8 +351,26 @@ def _to_numpy(name: str, column: Any) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False).reshape(shape)
 
 
-def _chunk_array(name: str, values: Any) -> np.ndarray:
+def _chunk_array(name: str, values: Any, declared: Any = None) -> np.ndarray:
+    """One column of a NumPy-format chunk, refused by name if it is no array.
+
+    The numpy format turns a null into ``None`` (an object array) or, in an
+    integer or bool column read through Arrow, into NaN in a float array; both
+    are refused. A null in a float column arrives as NaN, which cannot be told
+    from a stored NaN, and is served as NaN.
+    """
     array = np.asarray(values)
+    widened = (
+        declared is not None
+        and np.dtype(declared).kind in "biu"
+        and array.dtype.kind == "f"
+        and np.isnan(array).any()
+    )
+    if widened or (array.dtype == object and _has_none(array)):
+        raise ValueError(
+            f"HFStreamingSource: column {name!r} has missing values (nulls); fill "
+            f"them in ds.map(...) or {_WHAT_TO_DO}."
+        )
     if array.dtype == object or array.dtype.kind in "USV":
         raise ValueError(
             f"HFStreamingSource: column {name!r} holds "
@@ -309,6 +378,31 @@ def _chunk_array(name: str, values: Any) -> np.ndarray:
             f"which cannot be a JAX array; {_WHAT_TO_DO}."
         )
     return array
+
+
+def _has_none(values: Any) -> bool:
+    """Whether ``values`` (objects, lists, nested) holds a ``None`` anywhere."""
+    if values is None:
+        return True
+    if isinstance(values, np.ndarray):
+        return values.dtype == object and any(_has_none(v) for v in values.flat)
+    if isinstance(values, list | tuple):
+        return any(_has_none(v) for v in values)
+    return False
+
+
+def _column_names(dataset: Any) -> list[str]:
+    """The dataset's columns; from its first record when its features are unknown.
+
+    ``IterableDataset.from_generator`` without ``features=`` knows no columns
+    until it runs: its ``column_names`` is ``None``.
+    """
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    first = next(iter(dataset), None)
+    if first is None:
+        raise ValueError("HFStreamingSource: the dataset holds no records.")
+    return list(first)
 
 
 def _peek_spec(dataset: Any, names: list[str], chunk: int) -> tuple:
@@ -323,12 +417,10 @@ def _peek_spec(dataset: Any, names: list[str], chunk: int) -> tuple:
     features = dataset.features or {}
     spec = []
     for name in names:
-        array = _chunk_array(name, first[name])
-        dtype = array.dtype
         # The numpy format widens ints to int64; the features know the real dtype.
         declared = _feature_dtype(features.get(name))
-        if declared is not None:
-            dtype = declared
+        array = _chunk_array(name, first[name], declared)
+        dtype = array.dtype if declared is None else declared
         spec.append((name, tuple(array.shape[1:]), np.dtype(dtype).name))
     return tuple(spec)
 
@@ -346,7 +438,9 @@ def _feature_dtype(feature: Any) -> np.dtype | None:
     return None
 
 
-def _length(dataset: Any, split: str | None, length: int | None, chunk: int) -> int:
+def _length(
+    dataset: Any, column: str, split: str | None, length: int | None, chunk: int
+) -> int:
     if length is not None:
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(
@@ -358,9 +452,10 @@ def _length(dataset: Any, split: str | None, length: int | None, chunk: int) -> 
     name = split or (str(dataset.split) if dataset.split is not None else None)
     if name in splits and splits[name].num_examples:
         return int(splits[name].num_examples)
-    # Unknown: count once (iteration in chunks of one column).
-    first = dataset.column_names[0]
+    # Unknown: count once, in chunks of one column. The numpy format, as the
+    # reads use: a generator's records cannot always be joined into Arrow
+    # tables (a null makes one of another type), and this must not fail then.
     counter = (
-        dataset.select_columns([first]).with_format("arrow").iter(batch_size=chunk)
+        dataset.select_columns([column]).with_format("numpy").iter(batch_size=chunk)
     )
-    return sum(len(table) for table in counter)
+    return sum(len(part[column]) for part in counter)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 
 import jax
 import numpy as np
@@ -21,7 +22,12 @@ class _MemoryMaps:
     arguments, and the host reads in the callback reach the files through it.
     """
 
-    def __init__(self, arrays: Mapping[str, np.memmap], paths: Mapping[str, Path]):
+    def __init__(
+        self,
+        arrays: Mapping[str, np.memmap],
+        paths: Mapping[str, Path],
+        stamps: Mapping[str, tuple[int, int, int, int]],
+    ):
         self.arrays = dict(arrays)
         # Absolute: a later os.chdir must not point the check at another file.
         self.paths = {name: os.path.abspath(paths[name]) for name in self.arrays}
@@ -30,23 +36,29 @@ class _MemoryMaps:
             name: int(array.offset) + array.nbytes
             for name, array in self.arrays.items()
         }
+        # Taken before the file was mapped: a change made while it was being
+        # opened is caught at the first read rather than missed.
+        self.stamps = dict(stamps)
 
-    def check_sizes(self) -> None:
-        """Raises if a file shrank since it was opened.
+    def check_files(self) -> None:
+        """Raises if a file changed in any way since the source opened it.
 
-        Touching a memory-mapped page past a file's end kills the process with
-        SIGBUS, so every read first compares each file's size with what its
-        header needs: one ``os.stat`` per field, about 2 us, against a callback's
-        fixed 50-100 us. A file truncated between this check and the read still
-        faults; the check closes all but that window. A file that grew is fine:
-        the rows its header declares have not moved.
+        A shared memory map serves whatever the file holds now: bytes rewritten
+        in place, or a new array saved over the file, would be served as the
+        records the source opened, under the old header. Touching a page past a
+        file's end kills the process with SIGBUS. So every read first compares
+        each file's size, modification time and identity with those at open:
+        one ``os.stat`` per field, about 2 us, against a callback's fixed
+        50-100 us. A file changed between this check and the read is not
+        caught; the check closes all but that window. A file that only grew is
+        refused too: an append is indistinguishable from a rewrite by its stamp.
 
         Raises:
-            ValueError: naming the file, the expected and the actual size.
+            ValueError: naming the file and what changed.
         """
         for name, path in self.paths.items():
             try:
-                size = os.stat(path).st_size
+                now = os.stat(path)
             except OSError as err:
                 raise ValueError(
                     f"StreamingDiskSource: {path} changed after the source opened "
@@ -54,13 +66,21 @@ class _MemoryMaps:
                     "rewrite the .npy files while a source reads them; open a new "
                     "source after changing them."
                 ) from err
-            if size < self.sizes[name]:
+            if now.st_size < self.sizes[name]:
                 raise ValueError(
                     f"StreamingDiskSource: {path} changed after the source opened "
-                    f"it: it now holds {size} bytes, but its header needs "
+                    f"it: it now holds {now.st_size} bytes, but its header needs "
                     f"{self.sizes[name]} (reading it would crash the process with "
                     "SIGBUS). Do not truncate or rewrite the .npy files while a "
                     "source reads them; open a new source after changing them."
+                )
+            if _stamp(now) != self.stamps[name]:
+                raise ValueError(
+                    f"StreamingDiskSource: {path} changed after the source opened "
+                    f"it: {_what_changed(self.stamps[name], _stamp(now))}, so its "
+                    "rows may no longer be the records the source opened. Do not "
+                    "write, append to or replace the .npy files while a source "
+                    "reads them; open a new source after changing them."
                 )
 
     def read(self, index: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -75,6 +95,45 @@ class _MemoryMaps:
             np.take(array, flat, axis=0).reshape(*index.shape, *array.shape[1:])
             for array in self.arrays.values()
         )
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """What identifies a file's contents: size, mtime (ns), device and inode."""
+    return (stat.st_size, stat.st_mtime_ns, stat.st_dev, stat.st_ino)
+
+
+def _what_changed(then: tuple[int, ...], now: tuple[int, ...]) -> str:
+    """How a file's stamp changed, in words for an error message."""
+    if then[2:] != now[2:]:
+        return "it was replaced by another file"
+    if then[0] != now[0]:
+        return f"its size went from {then[0]} to {now[0]} bytes"
+    return "it was written to (its modification time changed)"
+
+
+def _check_file(file: Path) -> os.stat_result:
+    """``file``'s stat, if it is a regular file; else an error naming it.
+
+    A folder or a FIFO named ``*.npy`` would fail deep in ``np.load`` (or block
+    it forever), and a broken link with a bare "No such file".
+    """
+    try:
+        stat = os.stat(file)
+    except FileNotFoundError as err:
+        if file.is_symlink():
+            raise FileNotFoundError(
+                f"StreamingDiskSource: {file} is a broken symbolic link: its "
+                f"target {os.readlink(file)} does not exist. Point the link at a "
+                ".npy file, or remove it."
+            ) from err
+        raise FileNotFoundError(f"StreamingDiskSource: {file} does not exist.") from err
+    if not S_ISREG(stat.st_mode):
+        what = "a folder" if S_ISDIR(stat.st_mode) else "not a regular file"
+        raise ValueError(
+            f"StreamingDiskSource: {file} is {what}, not a .npy file; move or "
+            "rename it (in a folder, every *.npy entry is read as a field)."
+        )
+    return stat
 
 
 def _open(path: Path) -> np.memmap:
@@ -144,13 +203,18 @@ class StreamingDiskSource(HostSourceBase):
         path: a folder of ``.npy`` files, or one ``.npy`` file.
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: naming the file, for a folder without ``.npy`` files, files
-            of different lengths, 0-d arrays, object or pickled arrays, and
+        TypeError: if ``path`` is not a ``str`` or ``os.PathLike`` (``bytes``
+            paths included).
+        FileNotFoundError: if ``path`` does not exist, or it or a ``*.npy`` entry
+            of the folder is a broken symbolic link.
+        ValueError: naming the file, for a folder without ``.npy`` files, a
+            ``*.npy`` entry that is a folder or other non-regular file, files of
+            different lengths, 0-d arrays, object or pickled arrays, and
             truncated or corrupt files. At a read (inside a compiled run it
             arrives wrapped in a ``JaxRuntimeError`` carrying the message): for a
-            value 32 bits cannot hold, or a file that shrank or vanished after
-            the source opened it.
+            value 32 bits cannot hold, or a file changed in any way after the
+            source opened it (written to, appended to, truncated, replaced or
+            removed: the memory map would serve the new bytes as the old rows).
 
     Examples:
         >>> import numpy as np, tempfile, pathlib
@@ -162,9 +226,17 @@ class StreamingDiskSource(HostSourceBase):
     """
 
     def __init__(self, path: str | os.PathLike):
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if not isinstance(path, str):
+            # Path(b"...") and Path(3) fail with pathlib's own TypeError, which
+            # names neither this source nor the argument.
+            raise TypeError(
+                "StreamingDiskSource: path must be a str or os.PathLike (a folder "
+                f"of .npy files, or one .npy file), got {type(path).__name__} "
+                f"{path!r}."
+            )
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"StreamingDiskSource: {path} does not exist.")
         if path.is_dir():
             files = sorted(path.glob("*.npy"))
             if not files:
@@ -174,6 +246,8 @@ class StreamingDiskSource(HostSourceBase):
                 )
         else:
             files = [path]
+        # Stamped before mapping; see _MemoryMaps.__init__.
+        stamps = {file.stem: _stamp(_check_file(file)) for file in files}
         arrays = {file.stem: _open(file) for file in files}
         lengths = {file.name: int(arrays[file.stem].shape[0]) for file in files}
         if len(set(lengths.values())) > 1:
@@ -185,7 +259,7 @@ class StreamingDiskSource(HostSourceBase):
         if self.length == 0:
             raise ValueError(f"StreamingDiskSource: {path} holds no records {lengths}.")
         self.path = str(path)
-        self.files = _MemoryMaps(arrays, {file.stem: file for file in files})
+        self.files = _MemoryMaps(arrays, {f.stem: f for f in files}, stamps)
 
     @property
     def element_spec(self) -> ElementSpec:
@@ -199,8 +273,8 @@ class StreamingDiskSource(HostSourceBase):
         """Rows ``rows`` of every field, gathered from the memory maps.
 
         Raises:
-            ValueError: naming the file, when a file shrank since the source
-                opened it (reading it would crash the process).
+            ValueError: naming the file, when a file changed since the source
+                opened it (rewritten, grown, shrunk, replaced or removed).
         """
-        self.files.check_sizes()
+        self.files.check_files()
         return dict(zip(self.files.arrays, self.files.read(rows), strict=True))

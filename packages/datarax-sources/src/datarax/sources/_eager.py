@@ -19,8 +19,11 @@ def validate_fields(
 ) -> dict[str, np.ndarray | jax.Array]:
     """Checks that ``data`` is a non-empty dict of same-length arrays.
 
-    Returns the arrays (NumPy or JAX, never copied). Raises ``ValueError`` naming
-    the offending fields, prefixed with ``owner``.
+    Returns the arrays (NumPy or JAX, never copied). Numeric dtypes include the
+    ml_dtypes types JAX holds (bfloat16, float8_*, int4, ...). Raises
+    ``ValueError`` naming the offending fields, prefixed with ``owner``: for
+    strings, objects, datetimes, structured or void dtypes, and typed PRNG key
+    arrays (store their ``jax.random.key_data`` instead).
     """
     if not isinstance(data, Mapping):
         raise ValueError(
@@ -48,10 +51,21 @@ def validate_fields(
             f"{owner}: fields {scalars} are 0-d; every field needs a leading record "
             "axis."
         )
+    keys = {
+        name: str(value.dtype)
+        for name, value in data.items()
+        if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)
+    }
+    if keys:
+        raise ValueError(
+            f"{owner}: fields {keys} hold typed PRNG keys, which a source cannot "
+            "serve as records; store jax.random.key_data(keys) (uint32) instead, "
+            "and rebuild them with jax.random.wrap_key_data(...) in a stage."
+        )
     bad_dtypes = {
         name: str(value.dtype)
         for name, value in data.items()
-        if value.dtype.kind in "OUSVMm"
+        if not _jax_can_hold(value.dtype)
     }
     if bad_dtypes:
         raise ValueError(
@@ -67,6 +81,20 @@ def validate_fields(
     if next(iter(lengths.values())) == 0:
         raise ValueError(f"{owner}: the fields hold no records {lengths}.")
     return dict(data)
+
+
+def _jax_can_hold(dtype: np.dtype) -> bool:
+    """Whether JAX holds values of ``dtype`` as numbers or bools.
+
+    The ml_dtypes types (bfloat16, float8_*, int4, ...) have NumPy kind ``"V"``
+    like structured and raw void dtypes; JAX's own type hierarchy tells them
+    apart, counting them as floating or integer types.
+    """
+    if dtype.kind in "OUSMm":
+        return False
+    return jax.dtypes.issubdtype(dtype, np.bool_) or jax.dtypes.issubdtype(
+        dtype, np.number
+    )
 
 
 class EagerSourceBase(OrderedSource):

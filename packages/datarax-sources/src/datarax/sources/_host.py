@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -68,7 +70,7 @@ class HostSourceBase(OrderedSource):
 
         def callback(rows: np.ndarray) -> tuple[np.ndarray, ...]:
             flat = np.asarray(rows, dtype=np.int64).reshape(-1)
-            fields = read(flat)
+            fields = _checked_host_read(owner, read(flat), spec, flat.size)
             # Checked per read, not per file at open: a scan at open would read
             # the whole dataset before the first batch. Only fields the cast
             # narrows (64-bit without x64) pay a min/max; see convert_for_jax.
@@ -86,3 +88,29 @@ class HostSourceBase(OrderedSource):
 
         values = jax.pure_callback(callback, shapes, index, vmap_method="expand_dims")
         return dict(zip(spec, values, strict=True))
+
+
+def _checked_host_read(
+    owner: str, fields: Any, spec: Mapping[str, Any], count: int
+) -> Mapping[str, Any]:
+    """Refuses a ``host_read`` result that is not ``count`` rows of every field."""
+    if not isinstance(fields, Mapping):
+        raise TypeError(
+            f"{owner}.host_read returned a {type(fields).__name__}; it returns a "
+            "dict of field name -> array with one row per requested index."
+        )
+    missing = [name for name in spec if name not in fields]
+    if missing:
+        raise ValueError(
+            f"{owner}.host_read returned no {missing} (element_spec declares "
+            f"{sorted(spec)}); return every field."
+        )
+    for name, want in spec.items():
+        shape = np.shape(fields[name])
+        if shape != (count, *want.shape):
+            raise ValueError(
+                f"{owner}.host_read returned field {name!r} of shape {shape} for "
+                f"{count} indices; it returns one row of shape "
+                f"{tuple(want.shape)} per index, in the order asked."
+            )
+    return fields

@@ -47,6 +47,98 @@ def _quotas(weights: Sequence[float], block_size: int) -> tuple[int, ...]:
     return tuple(quotas)
 
 
+def _safe_block_size(weights: Sequence[float], limit: int = 65_535) -> int | None:
+    """The least ``n`` such that every block size ``n .. limit`` draws every child.
+
+    Computed exactly as :func:`_quotas` rounds (the same float operations, the
+    same stable tie-break), for all block sizes at once: largest-remainder
+    rounding is not monotone in the block size, so a size that works does not
+    vouch for the larger ones. ``None`` when even ``limit`` starves a child.
+    Scans down from ``limit`` in slices, to bound memory for many sources.
+    """
+    w = np.asarray(weights, np.float64)[:, None]
+    total = float(sum(weights))  # Python's sum, as _quotas adds them
+    positive = w > 0
+    ranks = np.arange(len(weights))[:, None]
+    top = limit
+    while top >= 1:
+        sizes = np.arange(max(1, top - 4095), top + 1, dtype=np.float64)
+        exact = w / total * sizes
+        floors = np.floor(exact)
+        order = np.argsort(floors - exact, axis=0, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.broadcast_to(ranks, order.shape), axis=0)
+        quotas = floors + (rank < sizes - floors.sum(axis=0))
+        starves = ((quotas < 1) & positive).any(axis=0)
+        if starves.any():
+            last_bad = int(sizes[np.flatnonzero(starves)[-1]])
+            return None if last_bad == limit else last_bad + 1
+        top = int(sizes[0]) - 1
+    return 1
+
+
+def _check_quotas(
+    weights: Sequence[float], block_size: int, quotas: Sequence[int]
+) -> None:
+    """Refuses a positive weight whose quota per block rounds to 0.
+
+    Every block holds each child's quota, so a quota of 0 would leave that child
+    out of the whole stream without a word.
+    """
+    starved = [
+        i
+        for i, (weight, quota) in enumerate(zip(weights, quotas, strict=True))
+        if weight > 0 and quota == 0
+    ]
+    if not starved:
+        return
+    total = float(sum(weights))
+    named = ", ".join(
+        f"sources[{i}] (weight {weights[i]:g}, share {weights[i] / total:.3g})"
+        for i in starved
+    )
+    one = len(starved) == 1
+    fixes = []
+    safe = _safe_block_size(weights)
+    if safe is not None:
+        fixes.append(f"use block_size={safe} or more")
+    raised = _raised_weight(weights, block_size, starved[0]) if one else None
+    if raised is not None:
+        fixes.append(f"raise its weight to at least {raised:g}")
+    elif block_size >= sum(w > 0 for w in weights):  # else too few positions
+        fixes.append(f"raise {'its weight' if one else 'their weights'}")
+    them = "it" if one else "them"
+    fixes.append(f"give {them} weight 0 to leave {them} out")
+    raise ValueError(
+        f"MixDataSourcesNode: {named} would never be drawn: a block holds "
+        f"block_size={block_size} positions, and the quota of each block for "
+        f"{'this weight' if one else 'these weights'} rounds to 0 of them. Fix: "
+        f"{'; or '.join(fixes)}."
+    )
+
+
+def _raised_weight(
+    weights: Sequence[float], block_size: int, index: int
+) -> float | None:
+    """A weight for ``weights[index]`` that draws every source at ``block_size``.
+
+    A share of at least ``1 / block_size`` is a quota of at least 1; the value is
+    rounded up to 3 digits for the message and checked with :func:`_quotas`,
+    since a larger share for one source can round another one's quota to 0.
+    """
+    if block_size < 2:
+        return None
+    need = (float(sum(weights)) - weights[index]) / (block_size - 1)
+    shown = float(f"{need:.3g}")
+    if shown < need:
+        shown = float(f"{need * 1.001:.3g}")
+    trial = [shown if i == index else w for i, w in enumerate(weights)]
+    quotas = _quotas(trial, block_size)
+    if any(w > 0 and q == 0 for w, q in zip(trial, quotas, strict=True)):
+        return None
+    return shown
+
+
 class MixDataSourcesNode(PlannedSource[MixPlan, tuple]):
     """A source that draws each stream position from one of several sources.
 
@@ -74,8 +166,10 @@ class MixDataSourcesNode(PlannedSource[MixPlan, tuple]):
 
     Raises:
         ValueError: for sources with different element specs (naming the fields),
-            negative, non-finite or zero-sum weights, or weights and sources of
-            different lengths.
+            negative, non-finite or zero-sum weights, weights and sources of
+            different lengths, or a positive weight too small to get a position
+            in a block of ``block_size`` (that source would never be drawn; the
+            message gives the least block size that draws every source).
 
     Examples:
         >>> import numpy as np
@@ -122,6 +216,7 @@ class MixDataSourcesNode(PlannedSource[MixPlan, tuple]):
         self.weights = tuple(weights)
         self.block_size = block_size
         self.quotas = _quotas(weights, block_size)
+        _check_quotas(self.weights, block_size, self.quotas)
         # Multipliers coprime to the block size: j -> a*j + c (mod block) permutes.
         self._units = tuple(
             u for u in range(1, max(2, block_size)) if math.gcd(u, block_size) == 1
