@@ -264,3 +264,37 @@ def test_checkpoint_paths_and_modules_are_checked(tmp_path):
     with pytest.raises(TypeError, match="state_dict got no modules"):
         state_dict()
     assert list(tmp_path.iterdir()) == []
+
+
+# -- second probe run: what was left --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [({}, "returned a batch with no fields"), ({0: 1}, "non-str field names [0]")],
+    ids=["empty", "int-keys"],
+)
+def test_a_stage_must_return_named_fields(returned, message):
+    pipe = make(stages=[lambda batch: returned])
+    with pytest.raises(TypeError) as info:
+        pipe.step()
+    assert message in info.exconly()
+
+
+def test_an_error_inside_a_stage_names_the_stage():
+    def broken(batch):
+        return {"x": float(batch["x"][0]) + batch["x"]}
+
+    with pytest.raises(jax.errors.ConcretizationTypeError) as info:
+        make(stages=[broken]).step()
+    notes = "\n".join(info.value.__notes__)
+    assert "datarax: raised in stage 0 (broken)" in notes
+
+
+@pytest.mark.parametrize("spec", [{"x": 3}, [("x", 3)]], ids=["int", "list"])
+def test_an_element_spec_of_the_wrong_form_is_named(spec):
+    class Odd(MemorySource):
+        element_spec = spec
+
+    with pytest.raises(TypeError, match="the element_spec of Odd must map"):
+        Pipeline(source=Odd({"x": np.arange(4)}), batch_size=2)

@@ -523,3 +523,13 @@ def test_import_without_the_extra_names_the_install_command(monkeypatch):
         match=re.escape('pip install "datarax-integrations[arrayrecord]"'),
     ):
         importlib.import_module("datarax.integrations.arrayrecord")
+
+
+def test_write_refuses_a_folder_and_records_that_are_not_an_iterable(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder; write to a file"):
+        write_array_record(tmp_path, [{"x": np.zeros(2)}])
+    with pytest.raises(TypeError, match="records must be an iterable of dicts"):
+        write_array_record(tmp_path / "a.array_record", None)
+    with pytest.raises(TypeError, match="records must be an iterable of dicts"):
+        write_array_record(tmp_path / "a.array_record", {"x": np.zeros(2)})
+    assert list(tmp_path.iterdir()) == []

@@ -269,3 +269,18 @@ def test_typed_key_fields_are_refused_with_the_fix():
     source = MemorySource({"k": jax.random.key_data(keys)})
     served = source.get_batch_at(0, 3)["k"]
     np.testing.assert_array_equal(served, jax.random.key_data(keys))
+
+
+def test_a_mix_takes_a_list_of_sources():
+    one = MemorySource({"x": np.arange(4)})
+    with pytest.raises(TypeError, match="MixDataSourcesNode takes a list of sources"):
+        MixDataSourcesNode(one, [1.0])
+
+
+def test_a_masked_array_is_refused_not_unmasked():
+    masked = np.ma.array([1, 2, 3], mask=[0, 1, 0])
+    with pytest.raises(ValueError, match="are masked arrays"):
+        MemorySource({"x": masked})
+    np.testing.assert_array_equal(
+        MemorySource({"x": masked.filled(0)}).get_batch_at(0, 3)["x"], [1, 0, 3]
+    )

@@ -74,6 +74,7 @@ def check_options(
             f"shuffle=True needs a source that can shuffle; {type(source).__name__} "
             "cannot. Use shuffle=False."
         )
+    check_spec(source)
     length = source.__len__()
     if isinstance(length, bool) or not isinstance(length, int | np.integer):
         raise TypeError(
@@ -147,3 +148,27 @@ def check_modules(modules: Any) -> tuple:
                 "pass arrays through init_carry instead."
             )
     return tuple(modules)
+
+
+def check_spec(source: Any) -> None:
+    """Refuses an ``element_spec`` that is not field name -> shape and dtype."""
+    spec = source.element_spec
+    bad = (
+        [repr(spec)]
+        if not isinstance(spec, Mapping)
+        else [
+            f"{name!r}: {value!r}"
+            for name, value in spec.items()
+            if not (
+                isinstance(name, str)
+                and hasattr(value, "shape")
+                and hasattr(value, "dtype")
+            )
+        ]
+    )
+    if bad:
+        raise TypeError(
+            f"the element_spec of {type(source).__name__} must map each str field "
+            "name to jax.ShapeDtypeStruct(record shape, dtype); got "
+            f"{', '.join(bad)[:200]}."
+        )

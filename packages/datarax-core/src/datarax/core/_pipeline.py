@@ -34,8 +34,8 @@ from datarax.core._stages import (
     Stage,
     check_callables,
     checked_input,
-    checked_output,
     record_count,
+    run_stage,
     stage_name,
 )
 from datarax.nodes._dag import Dag
@@ -215,8 +215,9 @@ class Pipeline(nnx.Module):
             return self._dag.run(self.nodes, batch)
         count = record_count(batch)
         for index, stage in enumerate(self.stages):
-            where = f"stage {index} ({stage_name(stage)})"
-            batch = checked_output(stage(batch), where, count)
+            batch = run_stage(
+                stage, f"stage {index} ({stage_name(stage)})", count, batch
+            )
         return batch
 
     def operator_identities(self) -> dict[int, tuple]:

@@ -42,6 +42,23 @@ def checked_input(batch: Any) -> Batch:
     return batch  # type: ignore[return-value]
 
 
+def run_stage(stage: Stage, where: str, count: int | None, *inputs: Batch) -> Batch:
+    """``stage(*inputs)``, checked; an error inside it says which stage raised.
+
+    Runs at trace time only, so the ``try`` costs nothing per batch.
+    """
+    try:
+        out = stage(*inputs)
+    except Exception as err:
+        err.add_note(
+            f"datarax: raised in {where}, called on {len(inputs)} batch(es): "
+            "dicts of field name -> array, traced (no Python float(), int() or "
+            "if on their values)."
+        )
+        raise
+    return checked_output(out, where, count)
+
+
 def checked_output(batch: Any, where: str, count: int | None = None) -> Batch:
     """Refuses a stage output that is not a batch of ``count`` records.
 
@@ -51,6 +68,13 @@ def checked_output(batch: Any, where: str, count: int | None = None) -> Batch:
         raise TypeError(
             f"{where} returned a {type(batch).__name__}; stages must return a batch: "
             "a dict of field name -> array."
+        )
+    names = [name for name in batch if not isinstance(name, str)]
+    if names or not batch:
+        raise TypeError(
+            f"{where} returned a batch with "
+            + (f"non-str field names {names!r}" if names else "no fields")
+            + "; a batch is a dict of str field name -> array."
         )
     if count is not None:
         for name, value in batch.items():

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from datarax.core._source import Batch
-from datarax.core._stages import Stage, checked_output, record_count
+from datarax.core._stages import Stage, record_count, run_stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Dag:
         for name in self.order:
             inputs = [outputs[p] for p in edges[name]] if edges[name] else [batch]
             where = f"DAG node {name!r}"
-            outputs[name] = checked_output(nodes[name](*inputs), where, count)
+            outputs[name] = run_stage(nodes[name], where, count, *inputs)
         return outputs[self.sink]
 
 

@@ -517,6 +517,16 @@ def write_array_record(
         raise FileNotFoundError(
             f"write_array_record: the folder {path.parent} does not exist."
         )
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"write_array_record: {path} is a folder; write to a file in it, e.g. "
+            "folder / 'data.array_record'."
+        )
+    if isinstance(records, Mapping) or not isinstance(records, Iterable):
+        raise TypeError(
+            f"write_array_record: records must be an iterable of dicts "
+            f"{{name: array}}, got {type(records).__name__}."
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     writer = None

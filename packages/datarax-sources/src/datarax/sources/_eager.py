@@ -14,6 +14,28 @@ from datarax.core import Batch, DataVar, ElementSpec, convert_for_jax, jax_dtype
 from datarax.sources._order import OrderedSource, OrderPlan
 
 
+def _check_mapping(data: Any, owner: str) -> None:
+    """Refuses anything but a non-empty dict of str names to unmasked values."""
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{owner}: expected a mapping of field name -> array, got "
+            f"{type(data).__name__}."
+        )
+    if not data:
+        raise ValueError(f"{owner}: no fields; give at least one field name -> array.")
+    bad_names = [name for name in data if not isinstance(name, str)]
+    if bad_names:
+        raise ValueError(f"{owner}: field names must be str, got {bad_names!r}.")
+    masked = [
+        name for name, value in data.items() if isinstance(value, np.ma.MaskedArray)
+    ]
+    if masked:
+        raise ValueError(
+            f"{owner}: fields {masked} are masked arrays, whose mask a source would "
+            "drop; fill the masked values first (array.filled(value))."
+        )
+
+
 def validate_fields(
     data: Mapping[str, Any], owner: str
 ) -> dict[str, np.ndarray | jax.Array]:
@@ -25,16 +47,7 @@ def validate_fields(
     strings, objects, datetimes, structured or void dtypes, and typed PRNG key
     arrays (store their ``jax.random.key_data`` instead).
     """
-    if not isinstance(data, Mapping):
-        raise ValueError(
-            f"{owner}: expected a mapping of field name -> array, got "
-            f"{type(data).__name__}."
-        )
-    if not data:
-        raise ValueError(f"{owner}: no fields; give at least one field name -> array.")
-    bad_names = [name for name in data if not isinstance(name, str)]
-    if bad_names:
-        raise ValueError(f"{owner}: field names must be str, got {bad_names!r}.")
+    _check_mapping(data, owner)
     not_arrays = {
         name: type(value).__name__
         for name, value in data.items()

@@ -18,6 +18,7 @@ from datarax.core import (
     ElementSpec,
     IterableSource,
     PlannedSource,
+    SourceBase,
     describe_source,
     fold_in_host,
 )
@@ -188,6 +189,12 @@ class MixDataSourcesNode(PlannedSource[MixPlan, tuple]):
         *,
         block_size: int = DEFAULT_BLOCK_SIZE,
     ):
+        if isinstance(sources, SourceBase) or not isinstance(sources, Sequence):
+            raise TypeError(
+                "MixDataSourcesNode takes a list of sources, got "
+                f"{type(sources).__name__}; write MixDataSourcesNode([a, b], "
+                "[weight_a, weight_b])."
+            )
         sources = list(sources)
         if not sources:
             raise ValueError("MixDataSourcesNode needs at least one source.")
