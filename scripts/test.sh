@@ -8,10 +8,14 @@ source scripts/_env.sh
 export JAX_PLATFORMS=cpu
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # tests never download
 
+# Two workers take the tests one by one in collection order, which
+# tests/conftest.py starts with the long ones (property tests, slow tests), so
+# short tests even out the end; --dist loadgroup with its reordering off does
+# that and keeps an xdist_group (tests sharing a costly fixture) on one worker.
 suite() {  # VENV [pytest args...]
   local venv="$1"
   shift
-  "$venv/bin/python" -m pytest -q -n 2 tests \
+  "$venv/bin/python" -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder tests \
     --doctest-modules packages/datarax-core/src packages/datarax-sources/src "$@"
 }
 
@@ -40,12 +44,16 @@ if [ "$(python3 -c 'import sys; print(sys.version_info[:2] == (3, 12))')" = True
 elif [ -n "$py312" ]; then
   ensure_env "$py312" .venv312
   echo "== tests on $(.venv312/bin/python --version)"
-  # The wheel and fresh-venv checks (marked slow) ran on the first Python; they
-  # build and install the same wheels, so the second run leaves them out. This
-  # run checks the other jax / flax versions: the property tests take half the
-  # examples (the first run explored them in full), which keeps the whole
+  # This run checks the library under the other jax / flax versions. Tests marked
+  # "once" (tests/conftest.py: ONCE) check nothing those versions change: the
+  # packaging metadata, wheels and fresh venvs (the same wheels on any Python),
+  # AST layer checks, the errors table, and the benchmark's CLI, report, runner
+  # and peers (installed on 3.11 only); they ran in the first pass. The slow
+  # multi-process tests (jax.distributed, a checkpoint read by another process)
+  # call jax, so they run in both. The property tests take half the examples
+  # (the first run explored them in full). Together these keep the whole
   # command under 10 minutes on 2 cores.
-  DATARAX_HYPOTHESIS_EXAMPLES=6 suite .venv312 -m "not slow"
+  DATARAX_HYPOTHESIS_EXAMPLES=6 suite .venv312 -m "not once"
 else
   echo "== Python 3.12 run skipped: no Python 3.12 found under pyenv"
 fi

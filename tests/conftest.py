@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,52 @@ settings.register_profile(
 )
 settings.load_profile("datarax")
 
+ROOT = Path(__file__).resolve().parents[1]
+
+# Marked ``once``: tests that check nothing the jax / flax versions change, so
+# scripts/test.sh runs them in its first pass only (the second Python, with the
+# other jax and flax, runs -m "not once"). Everything that runs the library under
+# jax / flax (core, sources, checkpoint, operators, integrations, examples, the
+# benchmark's jax adapters and transforms) runs in both passes.
+ONCE = (
+    # Metadata, AST layer checks, the errors table, built wheels and fresh venvs
+    # (the same py3-none-any wheels on any Python).
+    "tests/packaging/",
+    # The benchmark's command line, report, RSS verdicts and worker processes
+    # (test_adapters and test_scenarios check its jax code in both passes).
+    "tests/bench/test_cli.py",
+    "tests/bench/test_report.py",
+    "tests/bench/test_rss.py",
+    "tests/bench/test_runner.py",
+    # The peers: Grain, tf.data, PyTorch and SPDL are installed on 3.11 only.
+    "tests/bench/test_peers.py",
+)
+
+
+@pytest.fixture(scope="session")
+def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four distributions built as wheels, once per test run.
+
+    tests/packaging/test_distributions.py and test_extras.py both install them;
+    under xdist they may run on different workers, which share one folder of
+    the run (under a lock), so the wheels are built once, not once per test.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        base = base.parent  # this run's folder, above the workers' own
+    out = base / "wheels"
+    with open(base / "wheels.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "built").exists():
+            subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--no-deps"]
+                + ["--no-build-isolation", "--no-index", "--quiet", "-w", str(out)]
+                + sorted(str(p.parent) for p in ROOT.glob("packages/*/pyproject.toml")),
+                check=True,
+            )
+            (out / "built").touch()
+    return out
+
 
 @pytest.fixture
 def tokens() -> dict[str, np.ndarray]:
@@ -31,3 +81,23 @@ def pytest_configure(config: pytest.Config) -> None:
     # Flax deprecations fail the suite (filterwarnings = error in pyproject), so a
     # deprecated nnx API can never slip in unnoticed.
     config.addinivalue_line("filterwarnings", "error::DeprecationWarning")
+
+
+def _long(item: pytest.Item) -> bool:
+    """A property test (tens of examples, each may compile) or a ``slow`` one."""
+    test = getattr(item, "obj", None)
+    return getattr(test, "is_hypothesis_test", False) or bool(
+        item.get_closest_marker("slow")
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(ROOT):
+            if item.path.relative_to(ROOT).as_posix().startswith(ONCE):
+                item.add_marker(pytest.mark.once)
+    # Long tests first, in their usual order, then the rest. xdist hands tests out
+    # in collection order, so a long test that happens to start last keeps one
+    # worker busy while the other idles (a minute of the run, measured); started
+    # first, the many short tests even out the end.
+    items.sort(key=lambda item: not _long(item))

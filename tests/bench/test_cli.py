@@ -14,6 +14,10 @@ import pytest
 from datarax.bench import ADAPTERS, SCENARIOS
 from datarax.bench._cli import main
 
+# One worker runs the whole module (scripts/test.sh: --dist loadgroup), so the
+# module-scoped tiny_run (a real benchmark run, ~30 s) runs once, not per worker.
+pytestmark = pytest.mark.xdist_group("bench-cli")
+
 
 def script() -> str:
     found = shutil.which("datarax-bench", path=str(Path(sys.executable).parent))

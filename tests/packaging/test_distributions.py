@@ -128,27 +128,10 @@ def _closure(requirements: list[str]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def wheels(tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("wheels")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--quiet",
-            "-w",
-            str(out),
-            *(str(ROOT / "packages" / d) for d in DISTRIBUTIONS),
-        ],
-        check=True,
-    )
+def wheels(wheel_dir) -> dict[str, Path]:
     built = {}
     for dist in DISTRIBUTIONS:
-        (wheel,) = out.glob(dist.replace("-", "_") + f"-{VERSION}-*.whl")
+        (wheel,) = wheel_dir.glob(dist.replace("-", "_") + f"-{VERSION}-*.whl")
         built[dist] = wheel
     return built
 
