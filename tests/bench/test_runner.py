@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -112,6 +113,18 @@ def test_rows_say_measured_skipped_or_error_and_the_run_goes_on(registered, tmp_
     report = (tmp_path / "report.md").read_text()
     assert "| Absent | skipped |" in report and "no-such-loader" in report
     assert "### Crashing on NLP-1" in report
+
+
+def test_an_adapter_that_fails_leaves_no_memory_sampler_running(registered):
+    # A sampler left running outlives the row: it polls psutil for the rest of
+    # the process, and breaks the first code that hides psutil (seen in CI).
+    def samplers() -> int:
+        return sum(t.name.endswith("(_sample)") for t in threading.enumerate())
+
+    before = samplers()
+    row = measure_cell("Crashing", "NLP-1", variant="tiny", repeats=1, warmup=1)
+    assert row["status"] == "error"
+    assert samplers() == before
 
 
 def test_measurement_holds_every_figure_and_the_floor_of_its_process():

@@ -145,6 +145,7 @@ def measure_cell(
         return skipped_row(adapter_name, scenario_id, variant, missing)
     adapter: Adapter | None = None
     floor: FloorAdapter | None = None
+    memory: PeakRss | None = None
     stage = "setup"
     try:
         adapter = cls()
@@ -205,6 +206,8 @@ def measure_cell(
             traceback.format_exc(),
         )
     finally:
+        if memory is not None:  # an adapter that failed mid-measure: stop sampling
+            memory.stop()
         for each in (adapter, floor):
             if each is not None:
                 try:
