@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 
 from datarax.core import Pipeline
+from datarax.core._keys import DEFAULT_IMPL
 from datarax.core._stages import stage_name
 
 
@@ -30,9 +31,11 @@ def construction(pipe: Pipeline) -> dict[str, int | str | bool]:
         "shuffle": pipe.shuffle,
         "structure": _structure(pipe),
     }
-    # Only sources whose stream depends on more than length and spec (a mix's
-    # weights and children) add a field, so older checkpoints of other sources
-    # still restore.
+    # Only a seed of another PRNG implementation than JAX's default, and sources
+    # whose stream depends on more than length and spec (a mix's weights and
+    # children), add a field, so older checkpoints of other pipelines restore.
+    if pipe.key_impl != DEFAULT_IMPL:
+        out["key impl"] = pipe.key_impl
     source = pipe.source.fingerprint()
     if source is not None:
         out["source"] = source

@@ -217,7 +217,8 @@ def _check_construction(module: nnx.Pytree, saved: Mapping, index: int) -> None:
         if record is None:
             problems.append(f"pipeline at {path!r} is not in the checkpoint")
             continue
-        for field, value in construction(pipe).items():
+        fields = construction(pipe)
+        for field, value in fields.items():
             if field not in record:
                 problems.append(
                     f"{field}: not in the checkpoint (saved by an older datarax, "
@@ -227,6 +228,12 @@ def _check_construction(module: nnx.Pytree, saved: Mapping, index: int) -> None:
                 problems.append(
                     f"{field}: {record[field]!r} in the checkpoint, {value!r} here"
                 )
+        # A field only the checkpoint has (a seed's PRNG implementation other
+        # than the default) differs just as much as a changed one.
+        problems.extend(
+            f"{field}: {record[field]!r} in the checkpoint, the default here"
+            for field in sorted(set(record) - set(fields))
+        )
     if problems:
         raise CheckpointError(
             f"cannot restore module {index}: it was saved from another construction "

@@ -197,7 +197,7 @@ def build_apply(spec: GraphSpec) -> Compiled:
     def run(carry_values, data_values, raw, start):
         nodes = spec.merge(carry_values, data_values)
         stream: Stream = nodes[0]
-        keys = run_keys(stream.key[...], stream.shuffle)
+        keys = run_keys(stream.key[...], stream.shuffle, stream.key_impl)
         batch = stage_records(stream, raw, start, keys)
         return _changed_values(compiled, spec, nodes, carry_values), batch
 

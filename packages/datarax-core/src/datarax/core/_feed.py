@@ -36,6 +36,7 @@ class Stream(Protocol):
     num_epochs: int | None
     drop_last: bool
     key: nnx.Variable  # raw key data of the seed
+    key_impl: str  # the seed's PRNG implementation (operator keys are of it)
     position: nnx.Variable  # int32 scalar: records served
     epoch: nnx.Variable  # int32 scalar: position // len(source)
 
@@ -87,7 +88,7 @@ def open_window(stream: Stream, num_records: int, host_plan: Any = None) -> Wind
     """The window of the next ``num_records`` records (traced, once per run)."""
     source: DataSource = stream.source  # type: ignore[assignment]
     start = jnp.asarray(stream.position[...], jnp.int32)
-    keys = run_keys(stream.key[...], stream.shuffle)
+    keys = run_keys(stream.key[...], stream.shuffle, stream.key_impl)
     plan = source.plan(start, num_records, keys.shuffle, host_plan)
     return Window(start, keys, plan)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
@@ -27,6 +26,7 @@ from datarax.core._feed import (
 )
 from datarax.core._iterable import IterableSource
 from datarax.core._iterator import iterate
+from datarax.core._keys import seed_key_data
 from datarax.core._records import operator_identities
 from datarax.core._scan import check_carry, check_step_fn, scan_builder
 from datarax.core._source import Batch, SourceBase
@@ -85,8 +85,8 @@ class Pipeline(nnx.Module):
         stages: callables applied in order to each batch.
         batch_size: records per batch (global: on ``n`` JAX processes each serves a
             ``1/n`` slice, so it must divide by the process count).
-        rngs: seeds the shuffle order and stochastic operators; default
-            ``nnx.Rngs(0)``.
+        rngs: seeds the shuffle order and stochastic operators (their keys are
+            of the seed's PRNG implementation, ``key_impl``); ``nnx.Rngs(0)``.
         shuffle: serve each epoch in a fresh permutation (needs a source that
             supports shuffling).
         num_epochs: epochs that iteration serves; ``None`` for endless.
@@ -123,9 +123,9 @@ class Pipeline(nnx.Module):
         self.shuffle = bool(shuffle)
         self.num_epochs = num_epochs
         self.drop_last = bool(drop_last)
-        # Raw key data, not a typed key: jit checks typed-key arguments on every
-        # call (~5 us), and checkpoints store key data anyway.
-        self.key = StreamVar(jax.random.key_data(rngs()))
+        # Key data and impl name, not a typed key: jit checks those per call (5 us).
+        self.key_impl, seed = seed_key_data(rngs)
+        self.key = StreamVar(seed)
         # Host (NumPy) int32 scalars: the host advances them without a device
         # round trip; compiled runs take them as ordinary inputs.
         self.position = StreamVar(np.asarray(0, np.int32))
