@@ -202,7 +202,10 @@ class Graph:
         for new, old in zip(nodes, self._nodes, strict=True):
             if new is not old():
                 return False
-        return all(w.take() == w.snapshot for w in self._watched)
+        for watched in self._watched:  # a loop: no generator per call
+            if watched.take() != watched.snapshot:
+                return False
+        return True
 
     def nodes(self) -> tuple:
         """The flattened nodes (while they live)."""

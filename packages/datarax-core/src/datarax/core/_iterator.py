@@ -64,6 +64,7 @@ class PipelineIterator:
 
     def __init__(self, stream: Stream):
         self._stream = stream
+        self._nodes = (stream,)
         self._buffer: collections.deque = collections.deque()
         self._expected: list[tuple[Any, Any]] = []  # (Variable, value it held)
         self._position = -1  # where the buffered batches start
@@ -90,9 +91,12 @@ class PipelineIterator:
 
     def _still_valid(self) -> bool:
         assert self._program is not None
-        if not self._program.graph.matches((self._stream,)):
+        if not self._program.graph.matches(self._nodes):
             return False
-        return all(v.get_raw_value() is e for v, e in self._expected)
+        for variable, value in self._expected:
+            if variable.get_raw_value() is not value:
+                return False
+        return True
 
     def _fill(self) -> None:
         stream = self._stream

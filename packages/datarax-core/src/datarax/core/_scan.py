@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from datarax.core._cache import LRUCache
 from datarax.core._compiled import (
     ChangeRecorder,
     Compiled,
@@ -37,12 +38,12 @@ def default_unroll(batch_bytes: int, num_modules: int = 0) -> int:
     evaluation, benchmarks, preprocessing) followed the size of the batch the
     stages produce. Per 1,000 steps, unroll 1 / 2 / 4 / 8: tokens 32x128 int32
     (16 KiB) 0.49 / 0.78 / 0.79 / 0.73 ms; tabular 256x100 float32 (100 KiB)
-    6.4 / 5.9 / 5.8 / 6.6 ms; images 64x32x32x3 float32 (768 KiB) 446 / 52 / 45 /
-    38 ms. So: under 64 KiB 1, under 256 KiB 4, else 8. A training step (modules
-    given) gained 15% at unroll 8 on the digits demo but compiled 3x longer
-    (3.8 s against 1.2 s): 1. GPU and TPU run each step as a few large kernels,
-    where unrolling mostly lengthens compiles: 1. Pass ``unroll=`` to ``scan`` to
-    choose yourself.
+    10.3 / 14.5 / 12.9 / 12.8 ms (1 was best on jax 0.10 and 0.12 alike, at 100
+    steps too); images 64x32x32x3 float32 (768 KiB) 446 / 52 / 45 / 38 ms. So:
+    under 256 KiB 1, else 8. A training step (modules given) gained 15% at unroll
+    8 on the digits demo but compiled 3x longer (3.8 s against 1.2 s): 1. GPU and
+    TPU run each step as a few large kernels, where unrolling mostly lengthens
+    compiles: 1. Pass ``unroll=`` to ``scan`` to choose yourself.
 
     Args:
         batch_bytes: bytes of one batch as the stages produce it.
@@ -53,10 +54,8 @@ def default_unroll(batch_bytes: int, num_modules: int = 0) -> int:
     """
     if jax.default_backend() != "cpu" or num_modules:
         return 1
-    if batch_bytes < 64 * 2**10:
-        return 1
     if batch_bytes < 256 * 2**10:
-        return 4
+        return 1
     return 8
 
 
@@ -70,8 +69,17 @@ def step_form(num_modules: int, has_carry: bool) -> str:
     return f"step_fn({', '.join([*args, 'batch'])}) -> {returns}"
 
 
+# step_fn s whose signature passed, by (id, modules, carry): reading a signature
+# costs 9 us, a sixth of a cached scan call. The entry holds the function, so
+# its id cannot be recycled while it is here.
+_CHECKED: LRUCache[tuple, StepFn] = LRUCache(maxsize=64)
+
+
 def check_step_fn(step_fn: StepFn, num_modules: int, has_carry: bool) -> None:
     """Refuses a ``step_fn`` whose signature cannot take the arguments scan passes."""
+    checked = (id(step_fn), num_modules, has_carry)
+    if _CHECKED.get(checked) is step_fn:
+        return
     if not callable(step_fn):
         raise TypeError(f"step_fn must be callable, got {step_fn!r}.")
     count = num_modules + 1 + int(has_carry)
@@ -83,6 +91,7 @@ def check_step_fn(step_fn: StepFn, num_modules: int, has_carry: bool) -> None:
             "pass one module per parameter before the batch in modules=(...), "
             "and init_carry= only if step_fn takes a carry first."
         )
+    _CHECKED.put(checked, step_fn)
 
 
 def check_carry(init_carry: Any) -> None:
