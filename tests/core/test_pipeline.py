@@ -277,6 +277,12 @@ def test_gradients_reach_stage_parameters_through_step(tokens):
     g = grads(pipe)
     # d/dw sum(w * [0, 1, 2, 3]) = 6
     assert float(g["stages"][0]["w"][...]) == pytest.approx(6.0)
+    # nnx.grad alone, without a jit: the pipeline is an argument (its
+    # parameters are traced, its position stays on the host) and is served.
+    g = nnx.grad(lambda p: p.step()["x"].sum())(pipe)
+    # d/dw sum(w * [4, 5, 6, 7]) = 22: the jitted call moved the position on.
+    assert float(g["stages"][0]["w"][...]) == pytest.approx(22.0)
+    assert int(pipe.position[...]) == 8
 
 
 # -- scan ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Every Python example in the integration and source docs runs as written."""
+"""Every Python example in the integration, source and operator docs runs as written."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [
     ROOT / "docs" / "sources.md",
+    ROOT / "docs" / "operators.md",
     *sorted((ROOT / "docs/integrations").glob("*.md")),
 ]
 NEEDS = {"hf.md": "datasets", "tfds.md": "tensorflow_datasets"}

@@ -66,15 +66,21 @@ def is_traced(stream: Stream) -> bool:
 _TOP_LEVEL = get_opaque_trace_state(convention="flax")
 
 
-def check_not_closed_over(what: str) -> None:
+def check_not_closed_over(what: str, stream: Stream) -> None:
     """Refuses to serve a host-held pipeline from inside someone else's trace.
 
     A function compiled by ``jax.jit`` / ``nnx.jit`` that closes over a pipeline
     (instead of taking it as an argument) would bake the batch in as a constant:
-    every call would train on the same batch while the position stays put.
-    Costs about a microsecond.
+    every call would train on the same batch while the position stays put. A
+    pipeline passed to ``nnx.grad`` alone keeps its position on the host but
+    holds traced parameters: it is served, and advances once per call. Costs
+    about a microsecond outside any trace.
     """
-    if get_opaque_trace_state(convention="flax") != _TOP_LEVEL:
+    if get_opaque_trace_state(convention="flax") != _TOP_LEVEL and not any(
+        isinstance(node.get_raw_value(), jax.core.Tracer)
+        for _, node in nnx.iter_graph(stream)
+        if isinstance(node, nnx.Variable)
+    ):
         raise TypeError(
             f"{what} was called inside a traced function (jit, vmap, grad, ...) "
             "that does not take the pipeline as an argument: it would serve the "

@@ -248,7 +248,7 @@ class Pipeline(nnx.Module):
         stream's final batch may be short (or dropped, with ``drop_last``).
         """
         if not is_traced(self):
-            check_not_closed_over("iter(pipeline)")
+            check_not_closed_over("iter(pipeline)", self)
         return iterate(self)
 
     def step(self) -> Batch:
@@ -268,7 +268,7 @@ class Pipeline(nnx.Module):
         self._require_random_access("Pipeline.step")
         if is_traced(self):
             return traced_step(self)
-        check_not_closed_over("Pipeline.step()")
+        check_not_closed_over("Pipeline.step()", self)
         check_room(self, self.batch_size)
         program = cached_program(
             self, ("step",), (self,), None, lambda spec, g: build_chunk(spec, length=1)
@@ -322,7 +322,7 @@ class Pipeline(nnx.Module):
         """
         self._require_random_access("Pipeline.scan")
         if not is_traced(self):
-            check_not_closed_over("Pipeline.scan")
+            check_not_closed_over("Pipeline.scan", self)
         check_positive_int("length", length)
         if unroll is not None:
             check_positive_int("unroll", unroll)

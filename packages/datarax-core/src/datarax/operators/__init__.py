@@ -1,5 +1,58 @@
-"""Stages that transform records: :class:`ElementOperator`."""
+"""Stages that transform records: per-record functions, image operators, control.
 
+* :class:`ElementOperator`: your own ``fn(record, key) -> record``;
+* :class:`RecordOperator`: the base class of operators that transform each record;
+* image colour: :class:`Brightness`, :class:`Contrast`, :class:`Saturation`,
+  :class:`ColorJitter`, :class:`Normalize`;
+* image geometry: :class:`HorizontalFlip`, :class:`VerticalFlip`,
+  :class:`Rotation`, :class:`RandomCrop`, :class:`RandomResizedCrop`,
+  :class:`Resize`;
+* image noise and occlusion: :class:`GaussianNoise`, :class:`PixelDropout`,
+  :class:`Cutout`;
+* control: :class:`Probabilistic`, :class:`Select`, :class:`Sequential`.
+
+The pure functions on one image that the image operators wrap are in
+:mod:`datarax.operators.functional`.
+"""
+
+from datarax.operators._color import (
+    Brightness,
+    ColorJitter,
+    Contrast,
+    Normalize,
+    Saturation,
+)
+from datarax.operators._control import Probabilistic, Select, Sequential
 from datarax.operators._element import ElementOperator
+from datarax.operators._geometry import (
+    HorizontalFlip,
+    RandomCrop,
+    RandomResizedCrop,
+    Resize,
+    Rotation,
+    VerticalFlip,
+)
+from datarax.operators._noise import Cutout, GaussianNoise, PixelDropout
+from datarax.operators._record import RecordOperator
 
-__all__ = ["ElementOperator"]
+__all__ = [
+    "Brightness",
+    "ColorJitter",
+    "Contrast",
+    "Cutout",
+    "ElementOperator",
+    "GaussianNoise",
+    "HorizontalFlip",
+    "Normalize",
+    "PixelDropout",
+    "Probabilistic",
+    "RandomCrop",
+    "RandomResizedCrop",
+    "RecordOperator",
+    "Resize",
+    "Rotation",
+    "Saturation",
+    "Select",
+    "Sequential",
+    "VerticalFlip",
+]
