@@ -9,12 +9,14 @@
   :class:`Resize`;
 * image noise and occlusion: :class:`GaussianNoise`, :class:`PixelDropout`,
   :class:`Cutout`;
+* batch mixing: :class:`MixUp`, :class:`CutMix` (labels mixed accordingly);
 * control: :class:`Probabilistic`, :class:`Select`, :class:`Sequential`.
 
 The pure functions on one image that the image operators wrap are in
 :mod:`datarax.operators.functional`.
 """
 
+from datarax.operators._batch import CutMix, MixUp
 from datarax.operators._color import (
     Brightness,
     ColorJitter,
@@ -39,10 +41,12 @@ __all__ = [
     "Brightness",
     "ColorJitter",
     "Contrast",
+    "CutMix",
     "Cutout",
     "ElementOperator",
     "GaussianNoise",
     "HorizontalFlip",
+    "MixUp",
     "Normalize",
     "PixelDropout",
     "Probabilistic",
