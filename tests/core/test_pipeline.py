@@ -13,6 +13,7 @@ from hypothesis import given, strategies as st
 
 from datarax import DataVar, Pipeline
 from datarax.core import StreamVar
+from datarax.core._feed import _staging
 from datarax.operators import ElementOperator
 from datarax.sources import MemorySource
 
@@ -283,6 +284,12 @@ def test_gradients_reach_stage_parameters_through_step(tokens):
     # d/dw sum(w * [4, 5, 6, 7]) = 22: the jitted call moved the position on.
     assert float(g["stages"][0]["w"][...]) == pytest.approx(22.0)
     assert int(pipe.position[...]) == 8
+    # What tells nnx.grad alone from a staging trace around it (a jit closing
+    # over the pipeline, which would bake the batch in).
+    seen = []
+    jax.grad(lambda w: seen.append(_staging()) or w)(1.0)
+    jax.jit(lambda: seen.append(_staging()))()
+    assert seen == [False, True] and not _staging()
 
 
 # -- scan ---------------------------------------------------------------------------

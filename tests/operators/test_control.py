@@ -72,7 +72,8 @@ def test_sequential_applies_in_order_and_nests():
         (lambda: Probabilistic(add(1.0), p=-0.1), ValueError,
          "Probabilistic: p is a probability, between 0 and 1; got -0.1."),
         (lambda: Probabilistic("flip", p=0.5), TypeError,
-         "Probabilistic operator 0 is a str, not a callable batch -> batch."),
+         "Probabilistic takes one operator, a callable batch -> batch (an instance, "
+         "not a class), got 'flip'."),
         (lambda: Select([]), TypeError,
          "Select takes a non-empty list of operators, got []."),
         (lambda: Select([add(1.0), add(2.0)], weights=[0, 0]), ValueError,

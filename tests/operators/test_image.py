@@ -91,6 +91,22 @@ def test_geometry_functions_follow_numpy():
         F.resized_crop(x, (1.0, 2.0, 3.0, 4.0), 3, 4), x[1:4, 2:6], atol=1e-5
     )
     np.testing.assert_allclose(F.resize(x, 6, 6), x, atol=1e-6)
+    # A box resampled: output pixel o samples the image bilinearly at
+    # top + (o + 0.5) * box / size - 0.5 (pixel centres; the box's edge pixels
+    # blend with their outside neighbours, as in RoIAlign).
+    rows = 1.0 + (np.arange(4) + 0.5) * 2.5 / 4 - 0.5
+    cols = 2.0 + (np.arange(3) + 0.5) * 1.5 / 3 - 0.5
+    grid = np.meshgrid(rows, cols, indexing="ij")
+    expected = np.stack(
+        [
+            jax.scipy.ndimage.map_coordinates(x[..., c], grid, order=1, mode="nearest")
+            for c in range(3)
+        ],
+        -1,
+    )
+    np.testing.assert_allclose(
+        F.resized_crop(x, (1.0, 2.0, 2.5, 1.5), 4, 3), expected, atol=1e-5
+    )
     erased = x.copy()
     erased[0:2, 3:6] = 0  # centre (0, 4), size 4: rows -2..1, columns 2..5
     erased[0:2, 2] = 0
@@ -183,6 +199,24 @@ def test_shapes_and_integer_dtypes_are_kept(stage):
     assert out.shape == data.shape and out.dtype == jnp.uint8
 
 
+def test_operators_draw_in_their_ranges():
+    data = images() + 0.5  # positive, so each record's factor is out / in
+    out = np.asarray(pipeline([Brightness(0.3)], data=data).step()["image"])
+    factors = (out / data).reshape(N, -1)
+    np.testing.assert_allclose(factors - factors[:, :1], 0, atol=1e-5)  # per record
+    assert ((factors >= 0.7 - 1e-6) & (factors <= 1.3 + 1e-6)).all()
+    assert np.ptp(factors[:, 0]) > 0.05
+    stages = [HorizontalFlip(p=1.0), VerticalFlip(p=1.0)]
+    flipped = pipeline(stages, data=data).step()["image"]
+    np.testing.assert_array_equal(flipped, data[:, ::-1, ::-1])
+    whole = pipeline([RandomResizedCrop(4, 4, scale=(1.0, 1.0), ratio=(1.0, 1.0))])
+    np.testing.assert_allclose(
+        whole.step()["image"],
+        jax.vmap(lambda x: F.resized_crop(x, (0.0, 0.0, 8.0, 8.0), 4, 4))(images()),
+        atol=1e-5,
+    )
+
+
 def test_deterministic_operators_need_no_keys():
     pipe = pipeline([Resize(4, 4), Normalize((0.5, 0.5, 0.5), 0.25)], 4)
     out = pipe.step()["image"]
@@ -215,12 +249,19 @@ def test_deterministic_operators_need_no_keys():
         (lambda: Normalize(0.5, (0.2, 0.0, 0.1)), ValueError,
          "Normalize: std must be one positive number or one per channel, got "
          "(0.2, 0.0, 0.1)."),
+        (lambda: Normalize((), 0.2), ValueError,
+         "Normalize: mean must be one number or one per channel, got ()."),
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused_at_construction(build, kind, message):
     with pytest.raises(kind) as info:
         build()
     assert info.exconly() == f"{kind.__name__}: {message}"
+
+
+def test_numpy_scalars_are_good_parameters():
+    assert float(Brightness(np.float32(0.25)).max_delta[...]) == 0.25
+    assert RandomCrop(np.int64(4), 4).height == 4
 
 
 def test_bad_images_are_named_at_the_first_batch():
@@ -245,6 +286,28 @@ def test_bad_images_are_named_at_the_first_batch():
     assert str(info.value) == (
         "Saturation needs RGB images, but field 'image' holds records "
         "of shape (8, 8, 1); use it on 3 channels."
+    )
+
+
+def test_channel_counts_and_fields_are_checked_at_the_first_batch():
+    grey = np.zeros((N, 8, 8, 1), np.float32)
+    with pytest.raises(ValueError) as info:
+        pipeline([Normalize((0.5, 0.5, 0.5), 0.2)], data=grey).step()
+    assert str(info.value) == (
+        "Normalize has 3 mean values, but field 'image' has 1 channels; give one "
+        "value or one per channel."
+    )
+    with pytest.raises(ValueError) as info:
+        pipeline([ColorJitter(saturation=0.2)], data=grey).step()
+    assert str(info.value) == (
+        "ColorJitter(saturation=0.2) needs RGB images, but field 'image' holds "
+        "records of shape (8, 8, 1); pass saturation=0 for other channel counts."
+    )
+    with pytest.raises(KeyError) as info:
+        pipeline([Rotation(field="pixels")]).step()
+    assert info.value.args[0] == (
+        "Rotation works on field 'pixels', but the records have ['image', "
+        "'label']; name the field with field=."
     )
 
 

@@ -76,10 +76,13 @@ def check_not_closed_over(what: str, stream: Stream) -> None:
     holds traced parameters: it is served, and advances once per call. Costs
     about a microsecond outside any trace.
     """
-    if get_opaque_trace_state(convention="flax") != _TOP_LEVEL and not any(
-        isinstance(node.get_raw_value(), jax.core.Tracer)
-        for _, node in nnx.iter_graph(stream)
-        if isinstance(node, nnx.Variable)
+    if get_opaque_trace_state(convention="flax") != _TOP_LEVEL and (
+        _staging()
+        or not any(
+            isinstance(node.get_raw_value(), jax.core.Tracer)
+            for _, node in nnx.iter_graph(stream)
+            if isinstance(node, nnx.Variable)
+        )
     ):
         raise TypeError(
             f"{what} was called inside a traced function (jit, vmap, grad, ...) "
@@ -88,6 +91,17 @@ def check_not_closed_over(what: str, stream: Stream) -> None:
             "e.g. @nnx.jit def train_step(model, pipe): batch = pipe.step(); or "
             "call it outside and pass the batch."
         )
+
+
+def _staging() -> bool:
+    """Whether a trace that stages out a program (jit, scan, cond...) is active.
+
+    Autodiff and batching traces hand operations on constants to the trace
+    below them; only a staging trace turns them into tracers. A pipeline closed
+    over by ``jax.jit(lambda: nnx.grad(f)(pipe))`` holds traced parameters but
+    a constant position, so this tells it from ``nnx.grad`` alone.
+    """
+    return isinstance(jax.lax.add(np.int32(0), np.int32(0)), jax.core.Tracer)
 
 
 def open_window(stream: Stream, num_records: int, host_plan: Any = None) -> Window:

@@ -9,13 +9,15 @@
   :class:`Resize`;
 * image noise and occlusion: :class:`GaussianNoise`, :class:`PixelDropout`,
   :class:`Cutout`;
+* audio: :class:`Loudness` (A-weighted), :class:`F0` (YIN), :class:`Resample`;
 * batch mixing: :class:`MixUp`, :class:`CutMix` (labels mixed accordingly);
 * control: :class:`Probabilistic`, :class:`Select`, :class:`Sequential`.
 
-The pure functions on one image that the image operators wrap are in
+The pure functions on one image or signal that these operators wrap are in
 :mod:`datarax.operators.functional`.
 """
 
+from datarax.operators._audio import F0, Loudness, Resample
 from datarax.operators._batch import CutMix, MixUp
 from datarax.operators._color import (
     Brightness,
@@ -38,6 +40,7 @@ from datarax.operators._noise import Cutout, GaussianNoise, PixelDropout
 from datarax.operators._record import RecordOperator
 
 __all__ = [
+    "F0",
     "Brightness",
     "ColorJitter",
     "Contrast",
@@ -46,6 +49,7 @@ __all__ = [
     "ElementOperator",
     "GaussianNoise",
     "HorizontalFlip",
+    "Loudness",
     "MixUp",
     "Normalize",
     "PixelDropout",
@@ -53,6 +57,7 @@ __all__ = [
     "RandomCrop",
     "RandomResizedCrop",
     "RecordOperator",
+    "Resample",
     "Resize",
     "Rotation",
     "Saturation",

@@ -1,8 +1,9 @@
 """Colour operators: brightness, contrast, saturation, colour jitter, normalize.
 
-Each random factor is ``1 + u * max_delta`` with ``u`` uniform in ``[-1, 1)`` from
-the record's key, and ``max_delta`` a learnable ``nnx.Param``: the output is
-differentiable in it (``d out / d max_delta = u * d out / d factor``).
+Each random factor is ``max(0, 1 + u * max_delta)`` with ``u`` uniform in
+``[-1, 1)`` from the record's key, and ``max_delta`` a learnable ``nnx.Param``: the
+output is differentiable in it (``d out / d max_delta = u * d out / d factor``
+while the factor is positive; a negative factor would invert the image).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from datarax.core._source import Batch
@@ -17,9 +19,14 @@ from datarax.operators import _image as F
 from datarax.operators._record import (
     RecordOperator,
     check_magnitude,
+    field_of,
     magnitude,
     uniform,
 )
+
+
+def _factor(u: jax.Array, max_delta: jax.Array) -> jax.Array:
+    return jnp.maximum(1 + u * max_delta, 0.0)
 
 
 class _FactorOperator(RecordOperator):
@@ -38,9 +45,9 @@ class _FactorOperator(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Adjusts the record's image by its own random factor."""
         assert key is not None
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
-        factor = 1 + uniform(key) * self.max_delta[...]
+        factor = _factor(uniform(key), self.max_delta[...])
         return {**record, self.field: self.adjust(image, factor)}
 
 
@@ -117,7 +124,7 @@ class ColorJitter(RecordOperator):
         brightness: ``max_delta`` of the brightness factor.
         contrast: ``max_delta`` of the contrast factor.
         saturation: ``max_delta`` of the saturation factor (RGB images only;
-            pass 0 for other channel counts).
+            pass 0 for other channel counts, which are refused otherwise).
         field: the image field ``[height, width, channels]``.
     """
 
@@ -134,18 +141,26 @@ class ColorJitter(RecordOperator):
         self.brightness = magnitude(check_magnitude(name, "brightness", brightness))
         self.contrast = magnitude(check_magnitude(name, "contrast", contrast))
         self.saturation = magnitude(check_magnitude(name, "saturation", saturation))
+        self.saturation_on = float(saturation)
         self.field = field
 
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Jitters the record's image by its own three factors."""
         assert key is not None
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
         k1, k2, k3 = jax.random.split(key, 3)
-        image = F.adjust_brightness(image, 1 + uniform(k1) * self.brightness[...])
-        image = F.adjust_contrast(image, 1 + uniform(k2) * self.contrast[...])
+        image = F.adjust_brightness(image, _factor(uniform(k1), self.brightness[...]))
+        image = F.adjust_contrast(image, _factor(uniform(k2), self.contrast[...]))
         if image.shape[-1] == 3:
-            image = F.adjust_saturation(image, 1 + uniform(k3) * self.saturation[...])
+            saturation = _factor(uniform(k3), self.saturation[...])
+            image = F.adjust_saturation(image, saturation)
+        elif self.saturation_on:
+            raise ValueError(
+                f"ColorJitter(saturation={self.saturation_on}) needs RGB images, but "
+                f"field {self.field!r} holds records of shape {tuple(image.shape)}; "
+                "pass saturation=0 for other channel counts."
+            )
         return {**record, self.field: image}
 
 
@@ -166,18 +181,35 @@ class Normalize(RecordOperator):
         field: str = "image",
     ):
         super().__init__(stochastic=False)
-        std_values = np.asarray(std, np.float64)
-        if std_values.ndim > 1 or not np.all(std_values > 0):
+        std_values = np.atleast_1d(np.asarray(std, np.float64))
+        mean_values = np.atleast_1d(np.asarray(mean, np.float64))
+        if (
+            std_values.ndim != 1
+            or not std_values.size
+            or not np.all(np.isfinite(std_values) & (std_values > 0))
+        ):
             raise ValueError(
                 f"Normalize: std must be one positive number or one per channel, "
                 f"got {std!r}."
             )
-        self.mean = tuple(np.atleast_1d(np.asarray(mean, np.float64)).tolist())
-        self.std = tuple(np.atleast_1d(std_values).tolist())
+        if mean_values.ndim != 1 or not mean_values.size:
+            raise ValueError(
+                f"Normalize: mean must be one number or one per channel, got {mean!r}."
+            )
+        self.mean = tuple(mean_values.tolist())
+        self.std = tuple(std_values.tolist())
         self.field = field
 
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Normalizes the record's image."""
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
+        channels = image.shape[-1]
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                raise ValueError(
+                    f"Normalize has {len(values)} {name} values, but field "
+                    f"{self.field!r} has {channels} channels; give one value or "
+                    "one per channel."
+                )
         return {**record, self.field: F.normalize(image, self.mean, self.std)}

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from datarax.core._records import RecordKeyed
@@ -83,7 +84,12 @@ class Probabilistic(nnx.Module, RecordKeyed):
     """
 
     def __init__(self, operator: Any, p: float):
-        (self.operator,) = _checked_ops(type(self).__name__, [operator])
+        if not callable(operator) or isinstance(operator, type):
+            raise TypeError(
+                "Probabilistic takes one operator, a callable batch -> batch (an "
+                f"instance, not a class), got {operator!r:.60}."
+            )
+        self.operator = operator
         self.p = check_probability(type(self).__name__, "p", p)
         self.needs_record_keys = True
 
@@ -117,7 +123,13 @@ class Select(nnx.Module, RecordKeyed):
         count = len(self.operators)
         if weights is None:
             weights = [1.0] * count
-        values = [float(w) for w in weights] if isinstance(weights, Sequence) else []
+        shown = (
+            np.asarray(weights).tolist() if isinstance(weights, np.ndarray) else weights
+        )
+        try:
+            values = [float(w) for w in np.asarray(weights, np.float64).ravel()]
+        except (TypeError, ValueError):
+            values = []
         if (
             len(values) != count
             or not all(w >= 0 and math.isfinite(w) for w in values)
@@ -125,7 +137,7 @@ class Select(nnx.Module, RecordKeyed):
         ):
             raise ValueError(
                 f"{name}: weights must be {count} finite numbers >= 0 (one per "
-                f"operator) with a positive sum, got {weights!r}."
+                f"operator) with a positive sum, got {shown!r}."
             )
         total = sum(values)
         self.weights = tuple(w / total for w in values)

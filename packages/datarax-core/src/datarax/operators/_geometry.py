@@ -14,6 +14,7 @@ from datarax.operators._record import (
     check_magnitude,
     check_probability,
     check_size,
+    field_of,
     magnitude,
     uniform,
 )
@@ -31,7 +32,7 @@ class _Flip(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Flips the record's image with probability ``p``."""
         assert key is not None
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
         return {
             **record,
@@ -91,7 +92,7 @@ class Rotation(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Rotates the record's image by its own random angle."""
         assert key is not None
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
         degrees = uniform(key) * self.max_degrees[...]
         return {**record, self.field: F.rotate(image, degrees)}
@@ -126,7 +127,7 @@ class RandomCrop(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Crops the record's image at its own random place."""
         assert key is not None
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         who = type(self).__name__
         F.check_image(image, who, self.field)
         _check_fits(who, self.field, image, self.height, self.width)
@@ -136,13 +137,30 @@ class RandomCrop(RecordOperator):
         return {**record, self.field: F.crop(image, top, left, self.height, self.width)}
 
 
+_TRIES = 10
+
+
+def _centre_window(
+    rows: int, columns: int, ratio: tuple[float, float]
+) -> tuple[float, float]:
+    """The fallback window (torchvision's): the whole image, its ratio clipped."""
+    in_ratio = columns / rows
+    if in_ratio < ratio[0]:
+        return float(columns), columns / ratio[0]
+    if in_ratio > ratio[1]:
+        return rows * ratio[1], float(rows)
+    return float(columns), float(rows)
+
+
 class RandomResizedCrop(RecordOperator):
     """A random window of each image, of random area and aspect, resized.
 
-    As torchvision's ``RandomResizedCrop``: the window covers a fraction of the
-    image drawn from ``scale`` with an aspect ratio (width / height) drawn
-    log-uniformly from ``ratio``, clipped to the image, at a random place; it is
-    resampled bilinearly to ``height x width``.
+    Sampled as torchvision's ``RandomResizedCrop``: the window covers a fraction
+    of the image drawn from ``scale`` with an aspect ratio (width / height) drawn
+    log-uniformly from ``ratio``; of up to 10 draws the first that fits the image
+    is taken (else the whole image, its ratio clipped to ``ratio``), at a random
+    place. Unlike torchvision the window keeps fractional sides and corners; it
+    is resampled bilinearly to ``height x width``, without antialiasing.
 
     Args:
         height: rows of the output.
@@ -182,15 +200,24 @@ class RandomResizedCrop(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Crops and resizes the record's image by its own random window."""
         assert key is not None
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
         rows, columns = image.shape[0], image.shape[1]
         k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
-        area = uniform(k_area, *self.scale) * rows * columns
-        log_ratio = uniform(k_ratio, math.log(self.ratio[0]), math.log(self.ratio[1]))
-        aspect = jnp.exp(log_ratio)
-        box_w = jnp.clip(jnp.sqrt(area * aspect), 1.0, columns)
-        box_h = jnp.clip(jnp.sqrt(area / aspect), 1.0, rows)
+        # torchvision's sampling: up to 10 (area, ratio) draws, the first whose
+        # window fits; none fitting, the centre crop of the ratio range.
+        area = jax.random.uniform(k_area, (_TRIES,), jnp.float32, *self.scale)
+        area = area * rows * columns
+        log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = jnp.exp(
+            jax.random.uniform(k_ratio, (_TRIES,), jnp.float32, log_low, log_high)
+        )
+        widths, heights = jnp.sqrt(area * aspect), jnp.sqrt(area / aspect)
+        fits = (widths <= columns) & (heights <= rows)
+        first = jnp.argmax(fits)
+        fallback_w, fallback_h = _centre_window(rows, columns, self.ratio)
+        box_w = jnp.where(fits.any(), widths[first], fallback_w)
+        box_h = jnp.where(fits.any(), heights[first], fallback_h)
         top = uniform(k_top, 0.0, 1.0) * (rows - box_h)
         left = uniform(k_left, 0.0, 1.0) * (columns - box_w)
         box = jnp.stack([top, left, box_h, box_w])
@@ -215,6 +242,6 @@ class Resize(RecordOperator):
 
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Resizes the record's image."""
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
         return {**record, self.field: F.resize(image, self.height, self.width)}

@@ -12,6 +12,7 @@ from datarax.operators._record import (
     check_magnitude,
     check_probability,
     check_size,
+    field_of,
     magnitude,
 )
 
@@ -35,7 +36,7 @@ class GaussianNoise(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Adds the record's own noise to its image."""
         assert key is not None
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
         noise = jax.random.normal(key, image.shape, jnp.float32)
         return {
@@ -71,7 +72,7 @@ class PixelDropout(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Drops the record's own random pixels."""
         assert key is not None
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
         u = jax.random.uniform(key, image.shape[:2], jnp.float32)
         rate = self.rate[...]
@@ -102,7 +103,7 @@ class Cutout(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Erases the record's own random square."""
         assert key is not None
-        image = record[self.field]
+        image = field_of(record, self.field, type(self).__name__)
         F.check_image(image, type(self).__name__, self.field)
         k1, k2 = jax.random.split(key)
         center_y = jax.random.randint(k1, (), 0, image.shape[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -54,6 +56,16 @@ def record_keys(operator: object) -> jax.Array:
     return context.keys_for(operator)
 
 
+def field_of(record: Batch, field: str, owner: str) -> jax.Array:
+    """``record[field]``, or a ``KeyError`` naming the fields the record has."""
+    if field not in record:
+        raise KeyError(
+            f"{owner} works on field {field!r}, but the records have {sorted(record)}; "
+            "name the field with field=."
+        )
+    return record[field]
+
+
 def uniform(key: jax.Array, low: float = -1.0, high: float = 1.0) -> jax.Array:
     """One float32 uniform draw from ``[low, high)``."""
     return jax.random.uniform(key, (), jnp.float32, low, high)
@@ -61,7 +73,7 @@ def uniform(key: jax.Array, low: float = -1.0, high: float = 1.0) -> jax.Array:
 
 def check_magnitude(owner: str, name: str, value: float) -> float:
     """Refuses a negative or non-finite magnitude (a max delta, a std, an angle)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number, got {value!r}.")
     if not value >= 0 or value == float("inf"):
         raise ValueError(
@@ -72,7 +84,7 @@ def check_magnitude(owner: str, name: str, value: float) -> float:
 
 def check_probability(owner: str, name: str, value: float) -> float:
     """Refuses a probability outside ``[0, 1]``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number, got {value!r}.")
     if not 0 <= value <= 1:
         raise ValueError(
@@ -83,9 +95,9 @@ def check_probability(owner: str, name: str, value: float) -> float:
 
 def check_size(owner: str, name: str, value: int) -> int:
     """Refuses anything but a positive int size."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}.")
-    return value
+    return int(value)
 
 
 def magnitude(value: float) -> nnx.Param:

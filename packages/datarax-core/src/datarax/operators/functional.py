@@ -1,4 +1,4 @@
-"""Pure functions on one image ``[height, width, channels]``, traceable.
+"""Pure functions on one image ``[height, width, channels]`` or one signal, traceable.
 
 The image operators of :mod:`datarax.operators` draw their random parameters per
 record and call these; use them directly inside your own
@@ -29,17 +29,29 @@ from datarax.operators._image import (
     resized_crop as resized_crop,
     rotate as rotate,
 )
+from datarax.operators._signal import (
+    a_weighting_db as a_weighting_db,
+    f0_yin as f0_yin,
+    frames as frames,
+    loudness as loudness,
+    resample as resample,
+)
 
 __all__ = [
+    "a_weighting_db",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_saturation",
     "crop",
     "erase",
+    "f0_yin",
     "flip_left_right",
     "flip_up_down",
+    "frames",
     "grayscale",
+    "loudness",
     "normalize",
+    "resample",
     "resize",
     "resized_crop",
     "rotate",
