@@ -1,4 +1,4 @@
-"""Every Python example in the integration, source and operator docs runs as written."""
+"""Every Python example in the integration, source, operator and scaling docs runs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [
     ROOT / "docs" / "sources.md",
     ROOT / "docs" / "operators.md",
+    ROOT / "docs" / "scaling.md",
     *sorted((ROOT / "docs/integrations").glob("*.md")),
 ]
 NEEDS = {"hf.md": "datasets", "tfds.md": "tensorflow_datasets"}

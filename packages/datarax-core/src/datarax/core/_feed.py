@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.extend.core import get_opaque_trace_state
+from jax.sharding import NamedSharding
 
 from datarax.core._hostwrite import write_host_value
 from datarax.core._keys import RunKeys, host_shuffle_key, run_keys
 from datarax.core._records import RecordContext, batch_positions, record_context
+from datarax.core._sharding import constrain
 from datarax.core._source import MAX_POSITION, Batch, DataSource, SourceBase
 from datarax.core._stages import checked_output
 
@@ -37,6 +39,7 @@ class Stream(Protocol):
     drop_last: bool
     key: nnx.Variable  # raw key data of the seed
     key_impl: str  # the seed's PRNG implementation (operator keys are of it)
+    sharding: NamedSharding | None  # of every batch's leading axis
     position: nnx.Variable  # int32 scalar: records served
     epoch: nnx.Variable  # int32 scalar: position // len(source)
 
@@ -222,7 +225,8 @@ def _run_stages(
         identities=stream.operator_identities(),
     )
     with record_context(context):
-        return checked_output(stream(raw), type(stream).__name__, count)
+        batch = checked_output(stream(raw), type(stream).__name__, count)
+    return constrain(batch, stream.sharding)
 
 
 def traced_step(stream: Stream) -> Batch:

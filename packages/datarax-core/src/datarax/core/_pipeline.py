@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from datarax.core._checks import (
     check_modules,
@@ -29,15 +30,9 @@ from datarax.core._iterator import iterate
 from datarax.core._keys import seed_key_data
 from datarax.core._records import operator_identities
 from datarax.core._scan import check_carry, check_step_fn, scan_builder
+from datarax.core._sharding import check_sharding, replicate_dataset
 from datarax.core._source import Batch, SourceBase
-from datarax.core._stages import (
-    Stage,
-    check_callables,
-    checked_input,
-    record_count,
-    run_stage,
-    stage_name,
-)
+from datarax.core._stages import Stage, check_callables, checked_input, run_stages
 from datarax.nodes._dag import Dag
 
 
@@ -91,6 +86,9 @@ class Pipeline(nnx.Module):
             supports shuffling).
         num_epochs: epochs that iteration serves; ``None`` for endless.
         drop_last: in iteration, drop the stream's final short batch.
+        sharding: a ``NamedSharding`` of the batch's leading axis (e.g.
+            ``NamedSharding(mesh, PartitionSpec("data"))``): every batch is then a
+            global ``jax.Array`` split over those devices (see docs/scaling.md).
 
     Examples:
         >>> import numpy as np
@@ -113,8 +111,12 @@ class Pipeline(nnx.Module):
         shuffle: bool = False,
         num_epochs: int | None = 1,
         drop_last: bool = False,
+        sharding: NamedSharding | None = None,
     ):
         check_options(source, batch_size, shuffle, num_epochs, drop_last)
+        self.sharding = check_sharding(
+            sharding, len(source), batch_size, num_epochs, drop_last
+        )
         stages = check_stages(stages)
         rngs = nnx.Rngs(0) if rngs is None else check_rngs(rngs)
         self.source = source
@@ -134,6 +136,8 @@ class Pipeline(nnx.Module):
         self._dag: Dag | None = None
         if stages:
             self.operator_identities()  # refuses a stochastic operator at two stages
+        if self.sharding is not None:
+            replicate_dataset(source, self.sharding)
 
     @classmethod
     def from_dag(
@@ -157,7 +161,7 @@ class Pipeline(nnx.Module):
             edges: node name -> names of its predecessors.
             sink: the node whose output is the pipeline's batch.
             **kwargs: ``batch_size``, ``rngs``, ``shuffle``, ``num_epochs``,
-                ``drop_last``, as for :class:`Pipeline`.
+                ``drop_last``, ``sharding``, as for :class:`Pipeline`.
 
         Raises:
             ValueError: naming the nodes, for unknown names, cycles, a missing
@@ -213,12 +217,7 @@ class Pipeline(nnx.Module):
         if self._dag is not None:
             assert self.nodes is not None
             return self._dag.run(self.nodes, batch)
-        count = record_count(batch)
-        for index, stage in enumerate(self.stages):
-            batch = run_stage(
-                stage, f"stage {index} ({stage_name(stage)})", count, batch
-            )
-        return batch
+        return run_stages(list(self.stages), batch)
 
     def operator_identities(self) -> dict[int, tuple]:
         """``id(operator)`` -> its place in this pipeline, per stochastic operator.

@@ -42,6 +42,14 @@ def checked_input(batch: Any) -> Batch:
     return batch  # type: ignore[return-value]
 
 
+def run_stages(stages: list, batch: Batch) -> Batch:
+    """``batch`` through ``stages`` in order, each checked and named on error."""
+    count = record_count(batch)
+    for index, stage in enumerate(stages):
+        batch = run_stage(stage, f"stage {index} ({stage_name(stage)})", count, batch)
+    return batch
+
+
 def run_stage(stage: Stage, where: str, count: int | None, *inputs: Batch) -> Batch:
     """``stage(*inputs)``, checked; an error inside it says which stage raised.
 

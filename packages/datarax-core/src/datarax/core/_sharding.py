@@ -1,0 +1,104 @@
+"""Batches sharded over devices: a pipeline's ``sharding``, checked and applied.
+
+With ``Pipeline(..., sharding=NamedSharding(mesh, PartitionSpec("data")))`` every
+field of every batch is a global ``jax.Array`` split along its leading (batch)
+axis over the mesh's ``data`` devices, in every mode. The compiled programs
+constrain each staged batch to that sharding, so XLA computes each device's
+slice on that device; the source's dataset arrays are replicated on the mesh's
+devices once, when the pipeline is built (one copy per device).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from datarax.core._source import Batch, DataVar
+
+
+def check_sharding(
+    sharding: Any, length: int | None, batch_size: int,
+    num_epochs: int | None, drop_last: bool,
+) -> NamedSharding | None:  # fmt: skip
+    """``sharding`` checked against the batch size and the stream, or ``None``.
+
+    Raises:
+        TypeError: for anything but a ``NamedSharding`` of the batch axis.
+        ValueError: naming ``batch_size`` when the batch axis does not divide it,
+            or ``drop_last`` when iteration would end on a short batch.
+        NotImplementedError: on several JAX processes (not yet supported).
+    """
+    if sharding is None:
+        return None
+    if not isinstance(sharding, NamedSharding):
+        raise TypeError(
+            "sharding takes a jax.sharding.NamedSharding of the batch's leading "
+            "axis, e.g. NamedSharding(mesh, PartitionSpec('data')); got "
+            f"{type(sharding).__name__}."
+        )
+    if len(sharding.spec) > 1:
+        raise ValueError(
+            f"sharding shards the batch's leading axis only, so its PartitionSpec "
+            f"has one entry, e.g. PartitionSpec('data'); got "
+            f"PartitionSpec{tuple(sharding.spec)}."
+        )
+    if jax.process_count() > 1:
+        raise NotImplementedError(
+            "sharding= on several JAX processes is not supported yet; without it "
+            "each process serves its slice of every batch as local arrays."
+        )
+    shards = batch_shards(sharding)
+    if batch_size % shards:
+        raise ValueError(
+            f"batch_size={batch_size} does not divide over the {shards} devices of "
+            f"the sharding's batch axis {sharding.spec[0]!r}; use a batch size "
+            f"that divides by {shards}."
+        )
+    if (
+        length is not None and num_epochs is not None and not drop_last
+        and (num_epochs * length) % batch_size
+    ):  # fmt: skip
+        rest = (num_epochs * length) % batch_size
+        raise ValueError(
+            f"iteration would end on a short batch of {rest} records, which "
+            f"cannot be split over the {shards} devices of the sharding; pass "
+            "drop_last=True (or num_epochs=None: step() and scan serve full "
+            "batches)."
+        )
+    return sharding
+
+
+def batch_shards(sharding: NamedSharding) -> int:
+    """How many slices the sharding cuts a batch into."""
+    if not sharding.spec or sharding.spec[0] is None:
+        return 1
+    axes = (
+        sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+    )
+    shape = dict(sharding.mesh.shape)
+    count = 1
+    for axis in axes:
+        count *= shape[axis]
+    return count
+
+
+def replicate_dataset(root: Any, sharding: NamedSharding) -> None:
+    """Puts every dataset array (``DataVar``) under ``root`` on the mesh's devices.
+
+    Replicated, so that each device reads its slice of a batch locally: one copy
+    of the dataset per device, made once.
+    """
+    replicated = NamedSharding(sharding.mesh, PartitionSpec())
+    for _, node in nnx.iter_graph(root):
+        if isinstance(node, DataVar):
+            node.set_raw_value(jax.device_put(node.get_raw_value(), replicated))
+
+
+def constrain(batch: Batch, sharding: NamedSharding | None) -> Batch:
+    """``batch`` with every field constrained to ``sharding`` (traced)."""
+    if sharding is None:
+        return batch
+    return {k: jax.lax.with_sharding_constraint(v, sharding) for k, v in batch.items()}

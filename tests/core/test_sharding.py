@@ -1,0 +1,116 @@
+"""Batches sharded over a device mesh (one process, 4 forced CPU devices)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, tempfile
+    import jax, numpy as np
+    from flax import nnx
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from datarax import Pipeline
+    from datarax.operators import ElementOperator
+    from datarax.sources import MemorySource, StreamingDiskSource
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharding = NamedSharding(mesh, P("data"))
+    data = {"x": np.arange(40 * 3, dtype=np.float32).reshape(40, 3),
+            "label": np.arange(40, dtype=np.int32)}
+
+    def noisy(record, key):
+        return {**record, "u": jax.random.uniform(key)}
+
+    def build(source, sharded):
+        return Pipeline(source=source, stages=[ElementOperator(noisy, stochastic=True)],
+                        batch_size=8, shuffle=True, num_epochs=None, rngs=nnx.Rngs(2),
+                        sharding=sharding if sharded else None)
+
+    def modes(pipe):
+        it = iter(pipe)
+        batches = [next(it) for _ in range(2)] + [pipe.step()]
+        stacked = pipe.scan(lambda b: b, length=2)
+        return batches, stacked
+
+    def same(a, b):
+        return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+    folder = tempfile.mkdtemp()
+    for name, array in data.items():
+        np.save(f"{folder}/{name}.npy", array)
+    out = {}
+    for kind, make in [("memory", lambda: MemorySource(data)),
+                       ("disk", lambda: StreamingDiskSource(folder))]:
+        batches, stacked = modes(build(make(), True))
+        plain, plain_stacked = modes(build(make(), False))
+        out[kind] = {
+            "equal": all(same(a, b) for a, b in zip(batches, plain))
+            and same(stacked, plain_stacked),
+            "sharded": all(
+                v.sharding.is_equivalent_to(sharding, v.ndim)
+                and len(v.addressable_shards) == 4
+                and v.addressable_shards[0].data.shape[0] == 2
+                for b in batches for v in b.values()
+            ),
+        }
+    errors = []
+    for kwargs in [dict(batch_size=6), dict(sharding="data"),
+                   dict(sharding=NamedSharding(mesh, P("data", None))),
+                   dict(batch_size=12, num_epochs=1)]:
+        try:
+            Pipeline(source=MemorySource(data), **{"batch_size": 8,
+                     "sharding": sharding, **kwargs})
+            errors.append(None)
+        except (TypeError, ValueError) as err:
+            errors.append(f"{type(err).__name__}: {err}")
+    out["errors"] = errors
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_sharded_batches_equal_the_unsharded_ones_in_every_mode(result, kind):
+    # Iteration, step() and scan; a shuffled stream with a stochastic stage.
+    assert result[kind]["equal"]
+    assert result[kind]["sharded"]  # 4 devices, 2 records each
+
+
+def test_a_sharding_that_cannot_split_the_batches_is_refused(result):
+    assert result["errors"] == [
+        "ValueError: batch_size=6 does not divide over the 4 devices of the "
+        "sharding's batch axis 'data'; use a batch size that divides by 4.",
+        "TypeError: sharding takes a jax.sharding.NamedSharding of the batch's "
+        "leading axis, e.g. NamedSharding(mesh, PartitionSpec('data')); got str.",
+        "ValueError: sharding shards the batch's leading axis only, so its "
+        "PartitionSpec has one entry, e.g. PartitionSpec('data'); got "
+        "PartitionSpec('data', None).",
+        "ValueError: iteration would end on a short batch of 4 records, which "
+        "cannot be split over the 4 devices of the sharding; pass drop_last=True "
+        "(or num_epochs=None: step() and scan serve full batches).",
+    ]
