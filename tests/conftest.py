@@ -119,10 +119,20 @@ def _long(item: pytest.Item) -> bool:
     )
 
 
+#: Parametrisations run on the first Python only: the bench adapters on AUG-1
+#: (3,072 normals per record: 40 s of the second pass) run the same adapter code
+#: as on the other scenarios, and its stochastic stage is the library's
+#: ElementOperator, tested on both Pythons.
+ONCE_CASES = ("tests/bench/test_adapters.py::",)
+ONCE_PARAMS = "AUG-1"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(ROOT):
-            if item.path.relative_to(ROOT).as_posix().startswith(ONCE):
+            if item.path.relative_to(ROOT).as_posix().startswith(ONCE) or (
+                item.nodeid.startswith(ONCE_CASES) and ONCE_PARAMS in item.nodeid
+            ):
                 item.add_marker(pytest.mark.once)
     # Long tests first, in their usual order, then the rest. xdist hands tests out
     # in collection order, so a long test that happens to start last keeps one
