@@ -47,13 +47,16 @@ elif [ -n "$py312" ]; then
   # This run checks the library under the other jax / flax versions. Tests marked
   # "once" (tests/conftest.py: ONCE) check nothing those versions change: the
   # packaging metadata, wheels and fresh venvs (the same wheels on any Python),
-  # AST layer checks, the errors table, and the benchmark's CLI, report, runner
-  # and peers (installed on 3.11 only); they ran in the first pass. The slow
+  # AST layer checks, the errors table, the benchmark's CLI, report, runner
+  # and peers (installed on 3.11 only) and its AUG-1 adapters, bad input refused
+  # before any jax work (argument, file-format and probe checks) and the docs'
+  # examples, whose library calls the unit tests cover; they ran in the first
+  # pass. The slow
   # multi-process tests (jax.distributed, a checkpoint read by another process)
-  # call jax, so they run in both. The property tests take half the examples
-  # (the first run explored them in full). Together these keep the whole
+  # call jax, so they run in both. The property tests take a third of the
+  # examples (the first run explored them in full). Together these keep the whole
   # command under 10 minutes on 2 cores.
-  DATARAX_HYPOTHESIS_EXAMPLES=6 suite .venv312 -m "not once"
+  DATARAX_HYPOTHESIS_EXAMPLES=4 suite .venv312 -m "not once"
 else
   echo "== Python 3.12 run skipped: no Python 3.12 found under pyenv"
 fi

@@ -44,6 +44,16 @@ ONCE = (
     "tests/bench/test_runner.py",
     # The peers: Grain, tf.data, PyTorch and SPDL are installed on 3.11 only.
     "tests/bench/test_peers.py",
+    # Bad input refused before any jax work (argument, file-format and probe
+    # checks: Python and NumPy), and the docs' examples, whose library calls the
+    # unit tests cover on both Pythons.
+    "tests/checkpoint/test_checkpoint_errors.py",
+    "tests/core/test_misuse.py",
+    "tests/core/test_probe_core.py",
+    "tests/sources/test_probe_sources.py",
+    "tests/sources/test_source_trust.py",
+    "tests/integrations/test_hf_probe.py",
+    "tests/examples/test_docs.py",
 )
 
 
