@@ -54,6 +54,9 @@ ONCE = (
     "tests/sources/test_source_trust.py",
     "tests/integrations/test_hf_probe.py",
     "tests/examples/test_docs.py",
+    # orbax is the same version on both Pythons; datarax's state (what it
+    # writes) is tested on both by tests/checkpoint.
+    "tests/checkpoint/test_orbax.py",
 )
 
 

@@ -47,7 +47,12 @@ def save(path: str | os.PathLike, *modules: nnx.Pytree) -> None:
             f"cannot save {os.fspath(path)!r}: it is a folder; save to a file in "
             "it, e.g. folder / 'checkpoint.npz'."
         )
-    flat = dict(_flatten(state_dict(*modules)))
+    write_state(path, state_dict(*modules))
+
+
+def write_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Writes a :func:`state_dict` to the file ``path`` atomically, as :func:`save`."""
+    flat = dict(_flatten(state))
     _check_storable(flat, path)
     fd, tmp = _temporaries.create(path)
     try:
