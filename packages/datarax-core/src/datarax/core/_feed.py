@@ -21,7 +21,6 @@ from flax import nnx
 from jax.extend.core import get_opaque_trace_state
 from jax.sharding import NamedSharding
 
-from datarax.core._hostwrite import write_host_value
 from datarax.core._keys import RunKeys, host_shuffle_key, run_keys
 from datarax.core._records import RecordContext, batch_positions, record_context
 from datarax.core._sharding import constrain
@@ -275,7 +274,7 @@ def write_position(stream: Stream, position: int) -> None:
     """Sets position and epoch from the host, outside any trace.
 
     Host NumPy scalars: the host advances them without a device round trip. The
-    position is written once per served batch (see ``_hostwrite``), the epoch
+    position is written once per served batch (public ``set_raw_value``), the epoch
     only when it changes.
 
     Raises:
@@ -283,7 +282,7 @@ def write_position(stream: Stream, position: int) -> None:
     """
     if position > MAX_POSITION:
         raise OverflowError(_past_the_end(position))
-    write_host_value(stream.position, np.asarray(position, np.int32))
+    stream.position.set_raw_value(np.asarray(position, np.int32))
     epoch = position // len(stream.source)
     held = stream.epoch.get_raw_value()
     # A device value (left by the user's own jit) is replaced, not read back.
