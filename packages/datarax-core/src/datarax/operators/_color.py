@@ -19,7 +19,6 @@ from datarax.operators import _image as F
 from datarax.operators._record import (
     RecordOperator,
     check_magnitude,
-    field_of,
     magnitude,
     uniform,
 )
@@ -45,8 +44,7 @@ class _FactorOperator(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Adjusts the record's image by its own random factor."""
         assert key is not None
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         factor = _factor(uniform(key), self.max_delta[...])
         return {**record, self.field: self.adjust(image, factor)}
 
@@ -147,8 +145,7 @@ class ColorJitter(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Jitters the record's image by its own three factors."""
         assert key is not None
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         k1, k2, k3 = jax.random.split(key, 3)
         image = F.adjust_brightness(image, _factor(uniform(k1), self.brightness[...]))
         image = F.adjust_contrast(image, _factor(uniform(k2), self.contrast[...]))
@@ -202,8 +199,7 @@ class Normalize(RecordOperator):
 
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Normalizes the record's image."""
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         channels = image.shape[-1]
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, channels):

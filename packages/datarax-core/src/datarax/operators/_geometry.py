@@ -14,7 +14,6 @@ from datarax.operators._record import (
     check_magnitude,
     check_probability,
     check_size,
-    field_of,
     magnitude,
     uniform,
 )
@@ -32,8 +31,7 @@ class _Flip(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Flips the record's image with probability ``p``."""
         assert key is not None
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         return {
             **record,
             self.field: self.flip(image, jax.random.bernoulli(key, self.p)),
@@ -92,8 +90,7 @@ class Rotation(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Rotates the record's image by its own random angle."""
         assert key is not None
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         degrees = uniform(key) * self.max_degrees[...]
         return {**record, self.field: F.rotate(image, degrees)}
 
@@ -127,9 +124,8 @@ class RandomCrop(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Crops the record's image at its own random place."""
         assert key is not None
-        image = field_of(record, self.field, type(self).__name__)
         who = type(self).__name__
-        F.check_image(image, who, self.field)
+        image = F.image_of(record, self.field, who)
         _check_fits(who, self.field, image, self.height, self.width)
         k1, k2 = jax.random.split(key)
         top = jax.random.randint(k1, (), 0, image.shape[0] - self.height + 1)
@@ -200,8 +196,7 @@ class RandomResizedCrop(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Crops and resizes the record's image by its own random window."""
         assert key is not None
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         rows, columns = image.shape[0], image.shape[1]
         k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
         # torchvision's sampling: up to 10 (area, ratio) draws, the first whose
@@ -242,6 +237,5 @@ class Resize(RecordOperator):
 
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Resizes the record's image."""
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         return {**record, self.field: F.resize(image, self.height, self.width)}

@@ -9,11 +9,13 @@ keep their dtype and are not clipped (a normalised image has no fixed range).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from datarax.operators._record import field_of
 
 #: ITU-R BT.601 luma weights, as in torchvision and tf.image.
 LUMA = (0.299, 0.587, 0.114)
@@ -31,6 +33,18 @@ def check_image(image: jax.Array, who: str, field: str = "image") -> None:
             f"holds records of shape {tuple(image.shape)}; add a channel axis "
             "(image[..., None]) or pick the image field with field=."
         )
+
+
+def image_of(record: Mapping[str, jax.Array], field: str, who: str) -> jax.Array:
+    """The record's image in ``field``, checked to be ``[height, width, channels]``.
+
+    Raises:
+        KeyError: naming the record's fields, when ``field`` is not one.
+        ValueError: see :func:`check_image`.
+    """
+    image = field_of(record, field, who)
+    check_image(image, who, field)
+    return image
 
 
 def as_float(image: jax.Array) -> jax.Array:

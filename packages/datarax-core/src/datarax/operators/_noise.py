@@ -12,7 +12,6 @@ from datarax.operators._record import (
     check_magnitude,
     check_probability,
     check_size,
-    field_of,
     magnitude,
 )
 
@@ -36,8 +35,7 @@ class GaussianNoise(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Adds the record's own noise to its image."""
         assert key is not None
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         noise = jax.random.normal(key, image.shape, jnp.float32)
         return {
             **record,
@@ -72,8 +70,7 @@ class PixelDropout(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Drops the record's own random pixels."""
         assert key is not None
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         u = jax.random.uniform(key, image.shape[:2], jnp.float32)
         rate = self.rate[...]
         soft = jax.nn.sigmoid((u - rate) / self.temperature)
@@ -103,8 +100,7 @@ class Cutout(RecordOperator):
     def apply(self, record: Batch, key: jax.Array | None) -> Batch:
         """Erases the record's own random square."""
         assert key is not None
-        image = field_of(record, self.field, type(self).__name__)
-        F.check_image(image, type(self).__name__, self.field)
+        image = F.image_of(record, self.field, type(self).__name__)
         k1, k2 = jax.random.split(key)
         center_y = jax.random.randint(k1, (), 0, image.shape[0])
         center_x = jax.random.randint(k2, (), 0, image.shape[1])
