@@ -9,13 +9,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from datarax.core._checks import (
-    check_modules,
-    check_options,
-    check_positive_int,
-    check_rngs,
-    check_stages,
-)
+from datarax.core._checks import check_options, check_rngs, check_stages
 from datarax.core._compiled import build_chunk, cached_program
 from datarax.core._feed import (
     advance,
@@ -27,9 +21,10 @@ from datarax.core._feed import (
 )
 from datarax.core._iterable import IterableSource
 from datarax.core._iterator import iterate
+from datarax.core._joint import joint_scan
 from datarax.core._keys import seed_key_data
 from datarax.core._records import operator_identities
-from datarax.core._scan import check_carry, check_step_fn, scan_builder
+from datarax.core._scan import check_scan_args, scan_builder
 from datarax.core._sharding import check_sharding, replicate_dataset
 from datarax.core._source import Batch, SourceBase
 from datarax.core._stages import Stage, check_callables, checked_input, run_stages
@@ -289,7 +284,11 @@ class Pipeline(nnx.Module):
 
         Each step loads the next full batch (the stream runs on into the next
         epoch) and calls ``step_fn(*modules, batch) -> out``, or, with
-        ``init_carry``, ``step_fn(carry, *modules, batch) -> (carry, out)``. The
+        ``init_carry``, ``step_fn(carry, *modules, batch) -> (carry, out)``.
+        With the pipeline itself among ``modules``, scan passes no batch:
+        ``step_fn`` fetches its batches by ``pipe.step()``, inside ``nnx.grad`` to
+        train the stages' parameters with the model (``nnx.scan`` under
+        ``nnx.jit``; the fast data path below is the batch-passing form's). The
         pipeline and every module are lifted as carry, as ``nnx.scan`` does with
         ``nnx.StateAxes({...: nnx.Carry})`` (the dataset's ``DataVar`` s are
         broadcast, never carried): parameter, optimizer, counter and RNG updates
@@ -322,14 +321,14 @@ class Pipeline(nnx.Module):
         self._require_random_access("Pipeline.scan")
         if not is_traced(self):
             check_not_closed_over("Pipeline.scan", self)
-        check_positive_int("length", length)
-        if unroll is not None:
-            check_positive_int("unroll", unroll)
-        modules = check_modules(modules)
+        modules = check_scan_args(self, step_fn, length, modules, init_carry, unroll)
         has_carry = init_carry is not None
-        check_step_fn(step_fn, len(modules), has_carry)
-        check_carry(init_carry)
-        check_room(self, length * self.batch_size)
+        if any(module is self for module in modules):
+            carry, outs = joint_scan(
+                step_fn, length=length, modules=modules, init_carry=init_carry,
+                unroll=unroll or 1,
+            )  # fmt: skip
+            return (carry, outs) if has_carry else outs
         build = scan_builder(
             step_fn,
             length=length,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from datarax.core._cache import LRUCache
+from datarax.core._checks import check_modules, check_positive_int
 from datarax.core._compiled import (
     ChangeRecorder,
     Compiled,
@@ -20,6 +21,7 @@ from datarax.core._compiled import (
 from datarax.core._feed import (
     Stream,
     Window,
+    check_room,
     open_window,
     read_batch,
     read_records,
@@ -59,14 +61,15 @@ def default_unroll(batch_bytes: int, num_modules: int = 0) -> int:
     return 8
 
 
-def step_form(num_modules: int, has_carry: bool) -> str:
+def step_form(num_modules: int, has_carry: bool, batch: bool = True) -> str:
     """How ``scan`` calls ``step_fn``, for messages: ``step_fn(carry, m0, batch)``."""
     args = [
         *(["carry"] if has_carry else []),
         *(f"modules[{i}]" for i in range(num_modules)),
+        *(["batch"] if batch else []),
     ]
     returns = "(carry, out)" if has_carry else "out"
-    return f"step_fn({', '.join([*args, 'batch'])}) -> {returns}"
+    return f"step_fn({', '.join(args)}) -> {returns}"
 
 
 # step_fn s whose signature passed, by (id, modules, carry): reading a signature
@@ -75,23 +78,55 @@ def step_form(num_modules: int, has_carry: bool) -> str:
 _CHECKED: LRUCache[tuple, StepFn] = LRUCache(maxsize=64)
 
 
-def check_step_fn(step_fn: StepFn, num_modules: int, has_carry: bool) -> None:
-    """Refuses a ``step_fn`` whose signature cannot take the arguments scan passes."""
-    checked = (id(step_fn), num_modules, has_carry)
+def check_step_fn(
+    step_fn: StepFn, num_modules: int, has_carry: bool, batch: bool = True
+) -> None:
+    """Refuses a ``step_fn`` whose signature cannot take the arguments scan passes.
+
+    ``batch`` is false when the pipeline is among the modules: scan then passes
+    no batch, and ``step_fn`` fetches its own.
+    """
+    checked = (id(step_fn), num_modules, has_carry, batch)
     if _CHECKED.get(checked) is step_fn:
         return
     if not callable(step_fn):
         raise TypeError(f"step_fn must be callable, got {step_fn!r}.")
-    count = num_modules + 1 + int(has_carry)
+    count = num_modules + int(batch) + int(has_carry)
     if not takes_positional(step_fn, count):
+        hint = (
+            "pass one module per parameter before the batch in modules=(...)"
+            if batch
+            else "the pipeline is among modules=(...), so scan passes no batch: "
+            "step_fn takes one parameter per module and fetches its batches "
+            "with pipe.step()"
+        )
         raise TypeError(
-            f"Pipeline.scan calls {step_form(num_modules, has_carry)} "
-            f"({count} positional argument{'s' * (count > 1)}), which step_fn "
-            "cannot take; "
-            "pass one module per parameter before the batch in modules=(...), "
-            "and init_carry= only if step_fn takes a carry first."
+            f"Pipeline.scan calls {step_form(num_modules, has_carry, batch)} "
+            f"({count} positional argument{'s' * (count != 1)}), which step_fn "
+            f"cannot take; {hint}, and init_carry= only if step_fn takes a "
+            "carry first."
         )
     _CHECKED.put(checked, step_fn)
+
+
+def check_scan_args(
+    stream: Stream,
+    step_fn: StepFn,
+    length: int,
+    modules: Any,
+    init_carry: Any,
+    unroll: int | None,
+) -> tuple:
+    """``Pipeline.scan``'s arguments checked; returns ``modules`` as a tuple."""
+    check_positive_int("length", length)
+    if unroll is not None:
+        check_positive_int("unroll", unroll)
+    modules = check_modules(modules)
+    joint = any(module is stream for module in modules)
+    check_step_fn(step_fn, len(modules), init_carry is not None, not joint)
+    check_carry(init_carry)
+    check_room(stream, length * stream.batch_size)
+    return modules
 
 
 def check_carry(init_carry: Any) -> None:
@@ -199,28 +234,7 @@ class _Body:
 
     def call(self, carry: Any, modules: list, batch: Any) -> tuple[Any, Any]:
         """``step_fn`` on one batch; errors say how scan called it."""
-        form = step_form(len(modules), self.has_carry)
-        try:
-            if not self.has_carry:
-                out = self.step_fn(*modules, batch)
-                _check_step_result(None, None, out, form, False)
-                return None, out
-            result = self.step_fn(carry, *modules, batch)
-        except Exception as err:
-            called = ", ".join(type(m).__name__ for m in modules) or "no modules"
-            err.add_note(
-                f"datarax: Pipeline.scan called {form}, with modules in the order "
-                f"given ({called})."
-            )
-            raise
-        # A bare array of two rows would unpack as (carry, out) without a word.
-        if not isinstance(result, tuple | list) or len(result) != 2:
-            raise TypeError(
-                f"with init_carry, step_fn must return a tuple (carry, out): scan "
-                f"calls {form}; it returned {_describe(result)}."
-            )
-        _check_step_result(carry, result[0], result[1], form, True)
-        return result[0], result[1]
+        return call_step(self.step_fn, carry, modules, self.has_carry, batch)
 
     def read_steps(
         self, stream: Stream, carry: tuple, first_step: Any, count: int
@@ -240,6 +254,40 @@ class _Body:
         steps = jnp.arange(count, dtype=jnp.int32)
         unroll = min(self.unroll, count)
         return jax.lax.scan(inner, carry, (raw, steps), unroll=unroll)
+
+
+#: ``call_step``'s ``batch`` when scan passes none (the pipeline is among the
+#: modules and ``step_fn`` fetches its own batches).
+NO_BATCH: Any = object()
+
+
+def call_step(
+    step_fn: StepFn, carry: Any, modules: list, has_carry: bool, batch: Any
+) -> tuple[Any, Any]:
+    """``step_fn`` on one step's arguments, as ``(carry, out)``; errors say how."""
+    form = step_form(len(modules), has_carry, batch is not NO_BATCH)
+    args = [*modules] if batch is NO_BATCH else [*modules, batch]
+    try:
+        if not has_carry:
+            out = step_fn(*args)
+            _check_step_result(None, None, out, form, False)
+            return None, out
+        result = step_fn(carry, *args)
+    except Exception as err:
+        called = ", ".join(type(m).__name__ for m in modules) or "no modules"
+        err.add_note(
+            f"datarax: Pipeline.scan called {form}, with modules in the order "
+            f"given ({called})."
+        )
+        raise
+    # A bare array of two rows would unpack as (carry, out) without a word.
+    if not isinstance(result, tuple | list) or len(result) != 2:
+        raise TypeError(
+            f"with init_carry, step_fn must return a tuple (carry, out): scan "
+            f"calls {form}; it returned {_describe(result)}."
+        )
+    _check_step_result(carry, result[0], result[1], form, True)
+    return result[0], result[1]
 
 
 def _describe(value: Any) -> str:
