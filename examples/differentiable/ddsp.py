@@ -36,7 +36,7 @@ SAMPLE_RATE = 16_000
 NUM_SAMPLES = 4_096  # 0.256 s per clip
 FRAME_SIZE = 512  # holds the longest searched period (60 Hz) twice
 HOP_SIZE = 128  # 125 feature frames per second
-NUM_FRAMES = 1 + (NUM_SAMPLES - FRAME_SIZE) // HOP_SIZE
+NUM_FRAMES = F.num_frames(NUM_SAMPLES, FRAME_SIZE, HOP_SIZE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -142,7 +142,11 @@ def resized_crop(
     The output is ``height x width``.
 
     The box may be fractional and traced (differentiable in it): bilinear
-    sampling of the window, without antialiasing.
+    sampling of the window, without antialiasing. Where the box reaches past
+    the image, output pixels more than a pixel outside are 0; nearer, the
+    bilinear weights are renormalised over the pixels inside, so a fractional
+    shift does not fade the border (shifting ones by 1.5 rows leaves a row of
+    ones, then zeros).
     """
     top, left, box_h, box_w = (jnp.asarray(box, jnp.float32)[i] for i in range(4))
     scale = jnp.stack([height / box_h, width / box_w])

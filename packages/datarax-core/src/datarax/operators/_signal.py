@@ -13,10 +13,11 @@ import numpy as np
 
 
 def frames(signal: jax.Array, frame_size: int, hop_size: int) -> jax.Array:
-    """Overlapping frames ``[num_frames, frame_size]``, ``hop_size`` apart.
+    """Overlapping frames ``[..., num_frames, frame_size]``, ``hop_size`` apart.
 
-    ``num_frames = 1 + (samples - frame_size) // hop_size``; a tail shorter than
-    a hop is left out.
+    Frames the last axis, so a batch ``[..., samples]`` frames each signal.
+    ``num_frames = 1 + (samples - frame_size) // hop_size``
+    (:func:`num_frames`); a tail shorter than a hop is left out.
 
     Raises:
         ValueError: for a signal shorter than one frame.
@@ -27,9 +28,19 @@ def frames(signal: jax.Array, frame_size: int, hop_size: int) -> jax.Array:
             f"a signal of {samples} samples is shorter than one frame of "
             f"{frame_size}; use a smaller frame_size or longer records."
         )
-    count = 1 + (samples - frame_size) // hop_size
+    count = num_frames(samples, frame_size, hop_size)
     index = np.arange(count)[:, None] * hop_size + np.arange(frame_size)[None, :]
     return signal[..., index]
+
+
+def num_frames(samples: int, frame_size: int, hop_size: int) -> int:
+    """How many frames :func:`frames` (and ``F0``, ``Loudness``) make of a signal.
+
+    Examples:
+        >>> num_frames(16_000, 1024, 256)
+        59
+    """
+    return 1 + (samples - frame_size) // hop_size
 
 
 def a_weighting_db(frequencies: np.ndarray) -> np.ndarray:

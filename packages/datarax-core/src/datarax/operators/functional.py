@@ -34,6 +34,7 @@ from datarax.operators._signal import (
     f0_yin as f0_yin,
     frames as frames,
     loudness as loudness,
+    num_frames as num_frames,
     resample as resample,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "grayscale",
     "loudness",
     "normalize",
+    "num_frames",
     "resample",
     "resize",
     "resized_crop",
