@@ -11,7 +11,9 @@
   :class:`Cutout`;
 * audio: :class:`Loudness` (A-weighted), :class:`F0` (YIN), :class:`Resample`;
 * batch mixing: :class:`MixUp`, :class:`CutMix` (labels mixed accordingly);
-* control: :class:`Probabilistic`, :class:`Select`, :class:`Sequential`.
+* control: :class:`Probabilistic`, :class:`Select`, :class:`Sequential`;
+* branches and merges for ``Pipeline.from_dag``: :func:`parallel`,
+  :class:`Mean`, :class:`Concatenate`.
 
 The pure functions on one image or signal that these operators wrap are in
 :mod:`datarax.operators.functional`.
@@ -38,11 +40,13 @@ from datarax.operators._geometry import (
 )
 from datarax.operators._noise import Cutout, GaussianNoise, PixelDropout
 from datarax.operators._record import RecordOperator
+from datarax.operators._wiring import Concatenate, Mean, parallel
 
 __all__ = [
     "F0",
     "Brightness",
     "ColorJitter",
+    "Concatenate",
     "Contrast",
     "CutMix",
     "Cutout",
@@ -50,6 +54,7 @@ __all__ = [
     "GaussianNoise",
     "HorizontalFlip",
     "Loudness",
+    "Mean",
     "MixUp",
     "Normalize",
     "PixelDropout",
@@ -64,4 +69,5 @@ __all__ = [
     "Select",
     "Sequential",
     "VerticalFlip",
+    "parallel",
 ]
