@@ -152,12 +152,13 @@ def _long(item: pytest.Item) -> bool:
     )
 
 
-#: Parametrisations run on the first Python only: the bench adapters on AUG-1
-#: (3,072 normals per record: 40 s of the second pass) run the same adapter code
-#: as on the other scenarios, and its stochastic stage is the library's
-#: ElementOperator, tested on both Pythons.
-ONCE_CASES = ("tests/bench/test_adapters.py::",)
-ONCE_PARAMS = "AUG-1"
+#: Parametrisations run on the first Python only: the bench adapters on the
+#: augmentation scenarios (AUG-1: 3,072 normals per record, 40 s of the second
+#: pass; AUG-2: crops, jitter and cutout, 48 s) run the same adapter code as on
+#: the other scenarios, and their stages are the library's operators, tested on
+#: both Pythons.
+ONCE_CASES = ("tests/bench/test_adapters.py::", "tests/bench/test_scenarios.py::")
+ONCE_PARAMS = "AUG-"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

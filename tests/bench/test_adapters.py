@@ -7,9 +7,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from datarax.bench import ADAPTERS, SCENARIOS, apply_numpy, output_spec
+from datarax.bench import ADAPTERS, SCENARIOS, apply_numpy, build_pipeline, output_spec
 from datarax.bench._floor import UNROLLS
 from datarax.bench._scenarios import Variant
+from datarax.operators import (
+    ColorJitter,
+    Cutout,
+    HorizontalFlip,
+    Normalize,
+    RandomResizedCrop,
+)
 
 NUM_RECORDS = 256
 
@@ -111,3 +118,24 @@ def test_floor_times_every_unroll_and_keeps_the_fastest(set_up):
     assert settings["unroll"] in UNROLLS
     timed = {u: settings[f"unroll {u} ms"] for u in UNROLLS}
     assert timed[settings["unroll"]] == min(timed.values())
+
+
+def test_datarax_builds_image_augmentations_from_its_operators(set_up, tmp_path):
+    # The library's operators are what AUG-2 measures, not an ElementOperator.
+    scenario = small("AUG-2")
+    pipe = build_pipeline(scenario, scenario.data("tiny"), tmp_path)
+    classes = [RandomResizedCrop, HorizontalFlip, ColorJitter, Cutout, Normalize]
+    assert [type(stage) for stage in pipe.stages] == classes
+    crop, flip, jitter, cutout, normalize = pipe.stages
+    assert (crop.height, crop.width) == (32, 32)
+    assert (crop.scale, crop.ratio) == ((0.08, 1.0), (3 / 4, 4 / 3))
+    assert flip.p == 0.5 and cutout.size == 8
+    assert [float(v[...]) for v in (jitter.brightness, jitter.contrast)] == [
+        pytest.approx(0.4),
+        pytest.approx(0.4),
+    ]
+    assert float(jitter.saturation[...]) == pytest.approx(0.4)
+    assert (normalize.mean, normalize.std) == ((127.5,), (127.5,))
+    for name in ("Datarax", "Datarax-scan"):
+        stages = set_up(name, scenario).settings()["stages"]
+        assert stages == [cls.__name__ for cls in classes]

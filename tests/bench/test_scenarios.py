@@ -43,7 +43,9 @@ def test_mix_sources_hold_records_in_proportion_to_the_weights():
     assert sizes == [5000, 3000, 2000]
 
 
-@pytest.mark.parametrize("scenario_id", [s for s in SCENARIOS if s != "AUG-1"])
+@pytest.mark.parametrize(
+    "scenario_id", [s for s in SCENARIOS if not SCENARIOS[s].stochastic]
+)
 def test_numpy_and_jax_transforms_agree(scenario_id):
     scenario = SCENARIOS[scenario_id]
     records = {k: v[:8] for k, v in scenario.data("tiny")[0].items()}
@@ -68,3 +70,25 @@ def test_stochastic_transforms_keep_the_spec_and_change_the_values():
         assert batch["image"].shape == (4, 32, 32, 3)
         assert str(batch["image"].dtype) == "float32"
         assert not np.allclose(np.asarray(batch["image"]), plain)
+
+
+def test_image_augmentations_keep_the_spec_and_range_and_vary_per_record():
+    scenario = SCENARIOS["AUG-2"]
+    image = scenario.data("tiny")[0]["image"][:1]
+    records = {"image": np.repeat(image, 16, axis=0)}  # one image, 16 draws
+    host = apply_numpy(scenario, records, np.random.default_rng(0))
+    keys = jax.random.split(jax.random.key(0), 16)
+    device = jax.vmap(lambda r, k: apply_jax(scenario, r, k))(records, keys)
+    for batch in (host, device):
+        x = np.asarray(batch["image"])
+        assert x.shape == (16, 32, 32, 3) and x.dtype == np.float32
+        # Pixels stay in [0, 255] through crop, jitter and cutout: normalized, [-1, 1].
+        assert x.min() >= -1 - 1e-5 and x.max() <= 1 + 1e-5
+        # Every record differs from every other: each drew its own window.
+        flat = x.reshape(16, -1)
+        assert len({row.tobytes() for row in flat}) == 16
+        # Cutout: at least the corner quarter (4 x 4) of an 8 x 8 square is 0.
+        assert ((x == -1).all(axis=-1).sum(axis=(1, 2)) >= 16).all()
+    # The crop is a resampling, not a copy: no record is the plain image.
+    plain = image.astype(np.float32) * scenario.scale + scenario.shift
+    assert not np.isclose(np.asarray(device["image"]), plain).all(axis=(1, 2, 3)).any()

@@ -19,8 +19,24 @@ from flax import nnx
 
 from datarax import Pipeline
 from datarax.bench._adapter import Adapter, Batch, IteratorAdapter, register_adapter
+from datarax.bench._augment import (
+    CROP_RATIO,
+    CROP_SCALE,
+    CUTOUT_SIZE,
+    FLIP_P,
+    IMAGE_OPS,
+    JITTER,
+)
 from datarax.bench._scenarios import SQUARE_SCALE, Scenario, apply_jax, reduce_batch
-from datarax.operators import ElementOperator
+from datarax.operators import (
+    ColorJitter,
+    Cutout,
+    ElementOperator,
+    HorizontalFlip,
+    Normalize,
+    RandomResizedCrop,
+    RecordOperator,
+)
 from datarax.sources import MemorySource, MixDataSourcesNode, StreamingDiskSource
 
 
@@ -38,6 +54,9 @@ def build_pipeline(
     ``MemorySource`` per source (``mix_weights``); the transforms as one
     ``ElementOperator`` (stochastic ones take the record's key), or for ``dag``
     two ``ElementOperator`` branches and a merge wired by ``Pipeline.from_dag``.
+    A scenario with image augmentations (``AUG-2``) is built from datarax's own
+    operators instead, one stage per op (see :func:`operator_stages`): measuring
+    the library is the point.
 
     Args:
         scenario: the work.
@@ -74,12 +93,59 @@ def build_pipeline(
             sink="merge",
             **common,
         )
-    stages = []
-    if scenario.ops:
+    stages: list[RecordOperator] = []
+    if any(op in IMAGE_OPS for op in scenario.ops):
+        stages = operator_stages(scenario)
+    elif scenario.ops:
         stages.append(
             ElementOperator(_transform(scenario), stochastic=scenario.stochastic)
         )
     return Pipeline(source=source, stages=stages, **common)
+
+
+def operator_stages(scenario: Scenario) -> list[RecordOperator]:
+    """The scenario's ops as datarax operators, one per op and image field.
+
+    ``resized_crop`` is ``RandomResizedCrop`` back to the image's size,
+    ``flip`` ``HorizontalFlip``, ``jitter`` ``ColorJitter``, ``cutout``
+    ``Cutout`` and ``normalize`` ``Normalize`` (``x * scale + shift`` as
+    ``(x - mean) / std``), with the parameters of ``datarax.bench._augment``.
+    The operators keep a uint8 image uint8 (rounded and clipped after each op)
+    until ``Normalize``, where the hand-written ops stay in float32: the same
+    distributions, not the same numbers.
+
+    Raises:
+        ValueError: for an op with no datarax operator.
+    """
+    stages = []
+    for op in scenario.ops:
+        for name, spec in scenario.fields.items():
+            if op == "resized_crop":
+                height, width = spec.shape[0], spec.shape[1]
+                stage = RandomResizedCrop(
+                    height, width, scale=CROP_SCALE, ratio=CROP_RATIO, field=name
+                )
+            elif op == "flip":
+                stage = HorizontalFlip(p=FLIP_P, field=name)
+            elif op == "jitter":
+                stage = ColorJitter(
+                    brightness=JITTER, contrast=JITTER, saturation=JITTER, field=name
+                )
+            elif op == "cutout":
+                stage = Cutout(size=CUTOUT_SIZE, field=name)
+            elif op == "normalize":
+                stage = Normalize(
+                    mean=-scenario.shift / scenario.scale,
+                    std=1 / scenario.scale,
+                    field=name,
+                )
+            else:
+                raise ValueError(
+                    f"{scenario.id}: op {op!r} has no datarax operator; define the "
+                    "scenario with image ops and normalize only."
+                )
+            stages.append(stage)
+    return stages
 
 
 def _transform(scenario: Scenario):
@@ -108,6 +174,13 @@ def _concatenate(a: Batch, b: Batch) -> Batch:
 
 def _identity(batch: Batch) -> Batch:
     return batch
+
+
+def _structure(pipe: Pipeline) -> dict[str, Any]:
+    """The pipeline's stages (or DAG nodes) by class, for the report."""
+    if pipe.dag is not None:
+        return {"nodes": {name: type(n).__name__ for name, n in pipe.nodes.items()}}
+    return {"stages": [type(stage).__name__ for stage in pipe.stages]}
 
 
 def _source_name(scenario: Scenario) -> str:
@@ -142,7 +215,11 @@ class _PipelineAdapter(Adapter):
     ) -> None:
         """Builds the pipeline (see :func:`build_pipeline`)."""
         self._pipe = build_pipeline(scenario, data, workdir, seed=self._seed)
-        self._settings = {"mode": self.mode, "source": _source_name(scenario)}
+        self._settings = {
+            "mode": self.mode,
+            "source": _source_name(scenario),
+            **_structure(self._pipe),
+        }
 
     def settings(self) -> dict[str, Any]:
         """How the pipeline is consumed and what it reads."""

@@ -7,11 +7,14 @@ does the same arithmetic (stochastic ops draw from the adapter's own generator: 
 same distribution, not the same numbers).
 
 Ops, applied in order to every float field of a batch (integer fields pass through
-untouched unless the scenario names ``normalize``):
+untouched unless the scenario names ``normalize`` or an image op):
 
 * ``normalize``: ``x.astype(float32) * scale + shift`` (``Scenario.scale``/``shift``);
 * ``noise``: ``x + NOISE_STD * N(0, 1)`` per element;
-* ``brightness``: ``x * (1 + U(-BRIGHTNESS, BRIGHTNESS))`` per record.
+* ``brightness``: ``x * (1 + U(-BRIGHTNESS, BRIGHTNESS))`` per record;
+* ``resized_crop``, ``flip``, ``jitter``, ``cutout``: ``AUG-2``'s image
+  augmentations on pixel values, as float32 (defined in
+  :mod:`datarax.bench._augment`, torchvision's defaults).
 
 ``PC-2``'s DAG: ``a = normalize(features)``, ``b = features * features * SQUARE_SCALE``,
 merged as ``{"features": concatenate([a, b], axis=-1)}``.
@@ -27,6 +30,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from datarax.bench._augment import IMAGE_OPS, apply_op_jax, apply_op_numpy
 
 NOISE_STD = 0.05
 BRIGHTNESS = 0.2
@@ -92,7 +97,7 @@ class Scenario:
     @property
     def stochastic(self) -> bool:
         """Whether a transform draws random numbers."""
-        return any(op in ("noise", "brightness") for op in self.ops)
+        return any(op in ("noise", "brightness", *IMAGE_OPS) for op in self.ops)
 
     def data(self, variant: str = "small") -> list[dict[str, np.ndarray]]:
         """The records, one dict of arrays per source, the same on every call.
@@ -154,6 +159,13 @@ SCENARIOS: dict[str, Scenario] = {
             scale=2.0 / 255.0, shift=-1.0, shuffle=True,
         ),
         Scenario(
+            "AUG-2",
+            "uint8 32x32x3 images shuffled, batch 128: random resized crop + "
+            "flip + colour jitter + cutout, normalize to float32",
+            _IMAGES, 128, (*IMAGE_OPS, "normalize"),
+            scale=2.0 / 255.0, shift=-1.0, shuffle=True,
+        ),
+        Scenario(
             "IO-3", "three token sources mixed 0.5 / 0.3 / 0.2, batch 32",
             _TOKENS, 32, mix_weights=(0.5, 0.3, 0.2),
         ),
@@ -188,6 +200,8 @@ def apply_numpy(
             elif op == "brightness":
                 factor = rng.uniform(-BRIGHTNESS, BRIGHTNESS, (x.shape[0],))
                 x = x * (1 + factor.astype(np.float32)).reshape(-1, *[1] * (x.ndim - 1))
+            elif op in IMAGE_OPS:
+                x = apply_op_numpy(op, x, rng)
             out[name] = x
     return out
 
@@ -216,6 +230,9 @@ def apply_jax(
                 key, sub = jax.random.split(key)
                 x = x * (1 + jax.random.uniform(sub, (), jnp.float32, -BRIGHTNESS,
                                                 BRIGHTNESS))  # fmt: skip
+            elif op in IMAGE_OPS:
+                key, sub = jax.random.split(key)
+                x = apply_op_jax(op, x, sub)
             out[name] = x
     return out
 

@@ -10,6 +10,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from datarax.bench._adapter import Batch, IteratorAdapter, register_adapter, to_device
+from datarax.bench._augment import (
+    CROP_RATIO,
+    CROP_SCALE,
+    CROP_TRIES,
+    CUTOUT_SIZE,
+    JITTER,
+    PIXEL_MAX,
+)
 from datarax.bench._scenarios import (
     BRIGHTNESS,
     NOISE_STD,
@@ -43,6 +51,16 @@ class TFDataAdapter(IteratorAdapter):
     by ``prefetch(AUTOTUNE)``. Stochastic ops are TF's stateless random ops
     seeded from ``Dataset.counter()``, as TF's augmentation tutorial does in
     parallel maps.
+
+    ``AUG-2``'s augmentations run on the whole batch, one draw per image:
+    ``tf.image.crop_and_resize`` (one box per image, sampled as torchvision
+    does with vectorised stateless draws: ``sample_distorted_bounding_box``
+    takes one image at a time and has another area rule),
+    ``tf.image.stateless_random_flip_left_right``, colour jitter as blends
+    with ``tf.image.rgb_to_grayscale`` (``tf.image``'s random brightness is
+    additive and its random contrast and saturation draw one factor per
+    batch, and saturation works in HSV: other distributions), and cutout as a
+    mask (``tf.image`` has none).
 
     ``IO-2`` reads the ``.npy`` files with TF's own reader,
     ``FixedLengthRecordDataset`` (the ``.npy`` header skipped with
@@ -204,5 +222,79 @@ def _transform(tf: Any, scenario: Scenario, batch: dict, step: Any) -> dict:
                     tf.shape(x)[:1], seed, minval=-BRIGHTNESS, maxval=BRIGHTNESS
                 )
                 x = x * tf.reshape(1 + factor, [-1] + [1] * (len(x.shape) - 1))
+            elif op in _IMAGE_OPS:
+                x = _IMAGE_OPS[op](tf, tf.cast(x, tf.float32), seed)
             out[name] = x
     return out
+
+
+def _resized_crop(tf: Any, x: Any, seed: Any) -> Any:
+    """Each image's own torchvision-sampled window, resized back by TF."""
+    rows, columns = int(x.shape[1]), int(x.shape[2])
+    # Static when batches drop their remainder: with a dynamic count of boxes
+    # TF's graph optimiser logs a warning per trace (no cost model for it).
+    size = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+    u = tf.random.stateless_uniform([size, 2 * CROP_TRIES + 2], seed)
+    area = (CROP_SCALE[0] + u[:, :CROP_TRIES] * (CROP_SCALE[1] - CROP_SCALE[0])) * (
+        rows * columns
+    )
+    log_low, log_high = np.log(CROP_RATIO[0]), np.log(CROP_RATIO[1])
+    aspect = tf.exp(log_low + u[:, CROP_TRIES:-2] * (log_high - log_low))
+    widths, heights = tf.sqrt(area * aspect), tf.sqrt(area / aspect)
+    fits = (widths <= columns) & (heights <= rows)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1)  # the first try that fits
+    found = tf.reduce_any(fits, axis=1)
+    width = tf.where(found, tf.gather(widths, first, batch_dims=1), float(columns))
+    height = tf.where(found, tf.gather(heights, first, batch_dims=1), float(rows))
+    top, left = u[:, -2] * (rows - height), u[:, -1] * (columns - width)
+
+    def ends(start: Any, extent: Any, n: int) -> tuple[Any, Any]:
+        # crop_and_resize samples from y1 to y2 inclusive (corner-aligned): the
+        # ends are the window's first and last half-pixel centres, in the image
+        # padded by its edge pixels (+1), so that points up to half a pixel
+        # outside read the edge (clamped) instead of crop_and_resize's 0.
+        half = 0.5 * extent / n
+        return (start + half + 0.5) / (n + 1), (start + extent - half + 0.5) / (n + 1)
+
+    y1, y2 = ends(top, height, rows)
+    x1, x2 = ends(left, width, columns)
+    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    return tf.image.crop_and_resize(
+        padded, tf.stack([y1, x1, y2, x2], axis=1), tf.range(size), [rows, columns]
+    )
+
+
+def _flip(tf: Any, x: Any, seed: Any) -> Any:
+    return tf.image.stateless_random_flip_left_right(x, seed)
+
+
+def _jitter(tf: Any, x: Any, seed: Any) -> Any:
+    factors = tf.random.stateless_uniform(
+        [tf.shape(x)[0], 1, 1, 3], seed, minval=1 - JITTER, maxval=1 + JITTER
+    )
+    x = tf.clip_by_value(x * factors[..., 0:1], 0.0, PIXEL_MAX)
+    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(x), axis=[1, 2, 3], keepdims=True)
+    x = tf.clip_by_value(mean + (x - mean) * factors[..., 1:2], 0.0, PIXEL_MAX)
+    grey = tf.image.rgb_to_grayscale(x)
+    return tf.clip_by_value(grey + (x - grey) * factors[..., 2:3], 0.0, PIXEL_MAX)
+
+
+def _cutout(tf: Any, x: Any, seed: Any) -> Any:
+    rows, columns = int(x.shape[1]), int(x.shape[2])
+    u = tf.random.stateless_uniform([tf.shape(x)[0], 2], seed)
+    centre = tf.cast(u * [rows, columns], tf.int32)  # a uniform pixel
+    low = centre - CUTOUT_SIZE // 2
+    ys = tf.range(rows)[None, :, None]
+    xs = tf.range(columns)[None, None, :]
+    low_y, low_x = low[:, 0, None, None], low[:, 1, None, None]
+    inside = (ys >= low_y) & (ys < low_y + CUTOUT_SIZE)
+    inside = inside & (xs >= low_x) & (xs < low_x + CUTOUT_SIZE)
+    return tf.where(inside[..., None], 0.0, x)
+
+
+_IMAGE_OPS = {
+    "resized_crop": _resized_crop,
+    "flip": _flip,
+    "jitter": _jitter,
+    "cutout": _cutout,
+}

@@ -12,6 +12,16 @@ from typing import Any, ClassVar
 import numpy as np
 
 from datarax.bench._adapter import Batch, IteratorAdapter, register_adapter, to_device
+from datarax.bench._augment import (
+    CROP_TRIES,
+    CUTOUT_SIZE,
+    FLIP_P,
+    IMAGE_OPS,
+    JITTER,
+    LUMA,
+    PIXEL_MAX,
+    crop_window,
+)
 from datarax.bench._peers._stream import IndexStream, gather, source_arrays, stream_for
 from datarax.bench._scenarios import Scenario, apply_numpy
 
@@ -26,7 +36,9 @@ class BatchReader:
     reads a batch with one vectorised NumPy gather and transforms it in NumPy,
     instead of fetching records one by one and collating them. Stochastic
     transforms draw from a generator seeded by ``(seed, step)``, so the
-    randomness does not depend on which worker serves the batch.
+    randomness does not depend on which worker serves the batch. A scenario
+    with image augmentations (``AUG-2``) is transformed by
+    :func:`augment_torch` instead.
 
     Defined at module level (and free of torch) so that worker processes can
     unpickle it.
@@ -45,7 +57,109 @@ class BatchReader:
     def __getitem__(self, key: tuple[int, np.ndarray]) -> dict[str, np.ndarray]:
         step, indices = key
         rng = np.random.default_rng((self.seed, step))
-        return apply_numpy(self.scenario, gather(self.arrays, indices), rng)
+        batch = gather(self.arrays, indices)
+        if uses_image_ops(self.scenario):
+            return augment_torch(self.scenario, batch, rng)
+        return apply_numpy(self.scenario, batch, rng)
+
+
+def uses_image_ops(scenario: Scenario) -> bool:
+    """Whether the scenario has image augmentations (done in torch here)."""
+    return any(op in IMAGE_OPS for op in scenario.ops)
+
+
+def augment_torch(
+    scenario: Scenario, batch: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, Any]:
+    """The scenario's ops on a batch in torch ops, vectorised over the batch.
+
+    What torchvision's v2 ``RandomResizedCrop``, ``RandomHorizontalFlip``,
+    ``ColorJitter`` and ``RandomErasing`` do per image, written for the whole
+    batch (torchvision is not installed beside the CPU torch this benchmark
+    pins): every window in one ``affine_grid`` + ``grid_sample`` (bilinear,
+    border padding: the clamped sampling of the scenario), flips and cutout as
+    masks, jitter as blends with the luma. The windows' parameters are drawn on
+    the host from ``rng`` (as torchvision draws them in Python), the rest from
+    a torch generator seeded from it. Images go channels-first for the
+    sampling and come back ``[batch, height, width, channels]`` float32.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    out: dict[str, Any] = {}
+    for name, array in batch.items():
+        x = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+        for op in scenario.ops:
+            if op == "normalize":
+                x = x * scenario.scale + scenario.shift
+            else:
+                x = _TORCH_OPS[op](torch, x, rng, generator)
+        out[name] = x.permute(0, 2, 3, 1).contiguous()
+    return out
+
+
+def _resized_crop(torch: Any, x: Any, rng: np.random.Generator, gen: Any) -> Any:
+    size, _, rows, columns = x.shape
+    top, left, height, width = crop_window(
+        np,
+        rng.random((size, CROP_TRIES), np.float32),
+        rng.random((size, CROP_TRIES), np.float32),
+        rng.random(size, np.float32),
+        rng.random(size, np.float32),
+        rows,
+        columns,
+    )
+    # Output x in [-1, 1] (align_corners=False) samples the input at
+    # (width / columns) * x + (2 * left + width) / columns - 1: the window's
+    # half-pixel centres; likewise along y.
+    theta = np.zeros((size, 2, 3), np.float32)
+    theta[:, 0, 0] = width / columns
+    theta[:, 0, 2] = (2 * left + width) / columns - 1
+    theta[:, 1, 1] = height / rows
+    theta[:, 1, 2] = (2 * top + height) / rows - 1
+    functional = torch.nn.functional
+    grid = functional.affine_grid(
+        torch.from_numpy(theta), list(x.shape), align_corners=False
+    )
+    return functional.grid_sample(
+        x, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
+def _flip(torch: Any, x: Any, rng: np.random.Generator, gen: Any) -> Any:
+    flip = torch.rand(x.shape[0], generator=gen) < FLIP_P
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def _jitter(torch: Any, x: Any, rng: np.random.Generator, gen: Any) -> Any:
+    factors = torch.empty(x.shape[0], 3, 1, 1, 1).uniform_(
+        1 - JITTER, 1 + JITTER, generator=gen
+    )
+    luma = torch.tensor(LUMA).view(1, 3, 1, 1)
+    x = (x * factors[:, 0]).clamp_(0.0, PIXEL_MAX)
+    mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    x = (mean + (x - mean) * factors[:, 1]).clamp_(0.0, PIXEL_MAX)
+    grey = (x * luma).sum(1, keepdim=True)
+    return (grey + (x - grey) * factors[:, 2]).clamp_(0.0, PIXEL_MAX)
+
+
+def _cutout(torch: Any, x: Any, rng: np.random.Generator, gen: Any) -> Any:
+    size, _, rows, columns = x.shape
+    low_y = torch.randint(0, rows, (size, 1, 1), generator=gen) - CUTOUT_SIZE // 2
+    low_x = torch.randint(0, columns, (size, 1, 1), generator=gen) - CUTOUT_SIZE // 2
+    ys = torch.arange(rows)[None, :, None]
+    xs = torch.arange(columns)[None, None, :]
+    inside = (ys >= low_y) & (ys < low_y + CUTOUT_SIZE)
+    inside = inside & (xs >= low_x) & (xs < low_x + CUTOUT_SIZE)
+    return x.masked_fill(inside[:, None], 0.0)
+
+
+_TORCH_OPS = {
+    "resized_crop": _resized_crop,
+    "flip": _flip,
+    "jitter": _jitter,
+    "cutout": _cutout,
+}
 
 
 @register_adapter
@@ -103,7 +217,8 @@ class TorchAdapter(IteratorAdapter):
             "batching": "batch sampler of indices, batch_size=None, "
             "one NumPy gather per batch",
             "pin_memory": False,
-            "transforms": "NumPy, per batch, in the workers",
+            "transforms": "NumPy, per batch, in the workers (AUG-2: torch ops, "
+            "per batch: affine_grid + grid_sample, masks, blends)",
             "to_device": "Tensor.numpy() + jax.device_put",
         }
 
