@@ -104,7 +104,8 @@ def test_a_checkpoint_of_two_processes_resumes_on_four_devices_at_other_batch_si
         assert saver.returncode == 0, err[-3000:]
         assert json.loads(out.strip().splitlines()[-1]) == {"position": 24}
 
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    flags = os.environ.get("XLA_FLAGS", "")  # the suite's (tests/conftest.py)
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=4"
     done = subprocess.run(
         [sys.executable, "-c", RESTORE, path],
         capture_output=True,

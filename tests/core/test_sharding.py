@@ -81,7 +81,8 @@ def result() -> dict:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+        + " --xla_force_host_platform_device_count=4",
     }
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT],

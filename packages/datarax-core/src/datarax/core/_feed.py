@@ -129,7 +129,13 @@ def host_plan(stream: Stream, num_records: int) -> Any:
 
 
 def _local_size(stream: Stream) -> tuple[int, int]:
-    """This process's share of a global batch and where it starts in the batch."""
+    """This process's share of a global batch and where it starts in the batch.
+
+    With a ``sharding`` the program computes the global batch (a global
+    ``jax.Array`` on every process) and XLA has each device compute its slice.
+    """
+    if stream.sharding is not None:
+        return stream.batch_size, 0
     local = stream.batch_size // jax.process_count()
     return local, jax.process_index() * local
 

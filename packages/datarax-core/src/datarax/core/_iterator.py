@@ -191,11 +191,6 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
 
 def _head(batch: Batch, count: int) -> Batch:
     """The first ``count`` records of a full batch: the stream's short last batch."""
-    if jax.process_count() > 1:
-        # TODO(multi-host issue): serve process i the records
-        # [i*share + min(i, extra), ...) of the short batch; until then refuse.
-        raise NotImplementedError(
-            "a short final batch on several JAX processes is not supported yet; "
-            "pass drop_last=True."
-        )
+    # Never on several processes or devices: construction refused a stream
+    # that would end on a batch they cannot split (check_sharding).
     return jax.tree.map(lambda x: x[:count], batch)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -28,10 +29,13 @@ def check_sharding(
     Raises:
         TypeError: for anything but a ``NamedSharding`` of the batch axis.
         ValueError: naming ``batch_size`` when the batch axis does not divide it,
-            or ``drop_last`` when iteration would end on a short batch.
-        NotImplementedError: on several JAX processes (not yet supported).
+            or ``drop_last`` when iteration would end on a short batch (on
+            several JAX processes too, without a sharding).
     """
     if sharding is None:
+        if jax.process_count() > 1:
+            where = f"the {jax.process_count()} JAX processes"
+            refuse_short_last_batch(length, batch_size, num_epochs, drop_last, where)
         return None
     if not isinstance(sharding, NamedSharding):
         raise TypeError(
@@ -45,10 +49,11 @@ def check_sharding(
             f"has one entry, e.g. PartitionSpec('data'); got "
             f"PartitionSpec{tuple(sharding.spec)}."
         )
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            "sharding= on several JAX processes is not supported yet; without it "
-            "each process serves its slice of every batch as local arrays."
+    if not sharding.addressable_devices:
+        raise ValueError(
+            f"the sharding's mesh holds none of this process's devices (process "
+            f"{jax.process_index()} has {jax.local_devices()}); build the mesh from "
+            "every process's devices, e.g. Mesh(np.array(jax.devices()), ('data',))."
         )
     shards = batch_shards(sharding)
     if batch_size % shards:
@@ -57,6 +62,20 @@ def check_sharding(
             f"the sharding's batch axis {sharding.spec[0]!r}; use a batch size "
             f"that divides by {shards}."
         )
+    where = f"the {shards} devices of the sharding"
+    refuse_short_last_batch(length, batch_size, num_epochs, drop_last, where)
+    return sharding
+
+
+def refuse_short_last_batch(
+    length: int | None, batch_size: int, num_epochs: int | None,
+    drop_last: bool, where: str,
+) -> None:  # fmt: skip
+    """Refuses a stream whose iteration would end on a batch ``where`` cannot split.
+
+    A short last batch cannot be cut into equal slices for several devices or
+    processes; refusing at construction names the fix before any work is done.
+    """
     if (
         length is not None and num_epochs is not None and not drop_last
         and (num_epochs * length) % batch_size
@@ -64,11 +83,9 @@ def check_sharding(
         rest = (num_epochs * length) % batch_size
         raise ValueError(
             f"iteration would end on a short batch of {rest} records, which "
-            f"cannot be split over the {shards} devices of the sharding; pass "
-            "drop_last=True (or num_epochs=None: step() and scan serve full "
-            "batches)."
+            f"cannot be split over {where}; pass drop_last=True (or "
+            "num_epochs=None: step() and scan serve full batches)."
         )
-    return sharding
 
 
 def batch_shards(sharding: NamedSharding) -> int:
@@ -94,7 +111,19 @@ def replicate_dataset(root: Any, sharding: NamedSharding) -> None:
     replicated = NamedSharding(sharding.mesh, PartitionSpec())
     for _, node in nnx.iter_graph(root):
         if isinstance(node, DataVar):
-            node.set_raw_value(jax.device_put(node.get_raw_value(), replicated))
+            node.set_raw_value(global_copy(node.get_raw_value(), replicated))
+
+
+def global_copy(value: Any, sharding: NamedSharding) -> jax.Array:
+    """``value`` (the same on every process) as a global array of ``sharding``.
+
+    ``jax.device_put`` reaches this process's devices only; on several processes
+    each one fills its own devices' part of the global array.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(value, sharding)
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def constrain(batch: Batch, sharding: NamedSharding | None) -> Batch:
