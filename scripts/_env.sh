@@ -10,7 +10,9 @@
 # everything installed, pip itself costs 20-25 s per environment (it rebuilds the
 # four editable wheels); the editable installs already follow source edits. A new
 # venv (a fresh clone) has no stamp and installs everything; delete the stamp to
-# force a reinstall.
+# force a reinstall. --no-compile: pip would byte-compile every module of every
+# package it installs (TensorFlow and PyTorch hold thousands), a minute of a fresh
+# install; Python compiles the modules a run imports, once, when it imports them.
 ensure_env() {
   local python="$1" venv="$2" peers="${3:-}"
   if [ ! -x "$venv/bin/python" ]; then
@@ -32,12 +34,12 @@ for d in ("core", "sources", "integrations", "bench"): m.version("datarax-" + d)
   fi
   rm -f "$stamp"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile \
     -r requirements-dev.txt \
     -e packages/datarax-core -e packages/datarax-sources \
     -e "packages/datarax-integrations[all]" -e packages/datarax-bench
   if [ "$peers" = peers ] && [ -f requirements-peers.txt ]; then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile \
       -r requirements-peers.txt
   fi
   echo "$hash $peers" >"$stamp"

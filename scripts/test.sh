@@ -61,17 +61,14 @@ if [ -n "$py312" ]; then
   fi
   cat "$env312_log"
   echo "== tests on $(.venv312/bin/python --version)"
-  # This run checks the library under the other jax / flax versions. Tests marked
-  # "once" (tests/conftest.py: ONCE) check nothing those versions change: the
-  # packaging metadata, wheels and fresh venvs (the same wheels on any Python),
-  # AST layer checks, the errors table, the benchmark's CLI, report, runner
-  # and peers (installed on 3.11 only) and its AUG-1 adapters, bad input refused
-  # before any jax work (argument, file-format and probe checks) and the docs'
-  # examples, whose library calls the unit tests cover; they ran in the first
-  # pass. The slow
-  # multi-process tests (jax.distributed, a checkpoint read by another process)
-  # call jax, so they run in both. The property tests take a third of the
-  # examples (the first run explored them in full). Together these keep the whole
-  # command under 10 minutes on 2 cores.
+  # This run checks the library under the other jax / flax versions: its unit
+  # tests (core, sources, operators, checkpoint state, integrations). Tests
+  # marked "once" ran in the first pass only (tests/conftest.py: ONCE says
+  # which and why): what those versions do not change (packaging, the errors
+  # table, bad input refused before any jax work, the benchmark's CLI and
+  # peers, installed on 3.11 only), and whole programs built on public calls
+  # that the unit tests cover here (examples, flagships, benchmark adapters,
+  # the two-process sharded run). The property tests take half the examples of
+  # the first pass. Together these keep the command under 10 minutes on 2 cores.
   DATARAX_HYPOTHESIS_EXAMPLES=4 suite .venv312 -m "not once"
 fi

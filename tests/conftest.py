@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-# Every example compiles at least once; keep the budget of examples small and
-# never time them (the first call of a shape compiles).
+# Every example compiles at least once; keep the budget of examples small (8 in
+# the first pass, 4 in the second: scripts/test.sh) and never time them (the
+# first call of a shape compiles).
 settings.register_profile(
     "datarax",
     deadline=None,
-    max_examples=int(os.environ.get("DATARAX_HYPOTHESIS_EXAMPLES", "12")),
+    max_examples=int(os.environ.get("DATARAX_HYPOTHESIS_EXAMPLES", "8")),
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
 )
@@ -27,11 +28,15 @@ settings.load_profile("datarax")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Marked ``once``: tests that check nothing the jax / flax versions change, so
-# scripts/test.sh runs them in its first pass only (the second Python, with the
-# other jax and flax, runs -m "not once"). Everything that runs the library under
-# jax / flax (core, sources, checkpoint, operators, integrations, examples, the
-# benchmark's jax adapters and transforms) runs in both passes.
+# Marked ``once``: scripts/test.sh runs them in its first pass only (the second
+# Python, with the other jax and flax, runs -m "not once"). The second pass checks
+# the library under the other versions: its unit tests (core, sources, operators,
+# checkpoint state, integrations, the one-process-per-slice multi-process run)
+# run there. Once: what those versions do not change (packaging, the errors
+# table, bad input refused before any jax work, the benchmark's CLI and peers),
+# and whole programs built on the library's public calls that the unit tests
+# cover on both (the examples and flagships, the benchmark's adapters, the
+# two-process sharded run). Entries are path or test id prefixes.
 ONCE = (
     # Metadata, AST layer checks, the errors table, built wheels and fresh venvs
     # (the same py3-none-any wheels on any Python).
@@ -57,11 +62,12 @@ ONCE = (
     # orbax is the same version on both Pythons; datarax's state (what it
     # writes) is tested on both by tests/checkpoint.
     "tests/checkpoint/test_orbax.py",
-    # The differentiable flagships (examples/differentiable): whole training runs
-    # of the public API that the core and operator tests cover on both Pythons.
-    "tests/examples/test_dada.py",
-    "tests/examples/test_ddsp.py",
-    "tests/examples/test_learned_isp.py",
+    # Whole programs: the examples and the differentiable flagships, the
+    # benchmark's adapters, the two-process sharded run (its pieces: the
+    # sharding tests and the per-slice multi-process test run in both passes).
+    "tests/examples/",
+    "tests/bench/test_adapters.py",
+    "tests/core/test_multihost.py::test_a_sharded_pipeline",
 )
 
 
@@ -152,19 +158,17 @@ def _long(item: pytest.Item) -> bool:
     )
 
 
-#: Parametrisations run on the first Python only: the bench adapters on the
-#: augmentation scenarios (AUG-1: 3,072 normals per record, 40 s of the second
-#: pass; AUG-2: crops, jitter and cutout, 48 s) run the same adapter code as on
-#: the other scenarios, and their stages are the library's operators, tested on
-#: both Pythons.
-ONCE_CASES = ("tests/bench/test_adapters.py::", "tests/bench/test_scenarios.py::")
+#: Parametrisations run on the first Python only: the scenario transforms of
+#: the augmentation scenarios (AUG-1's 3,072 normals per record, AUG-2's crops,
+#: jitter and cutout) are the benchmark's own code, not the library's.
+ONCE_CASES = ("tests/bench/test_scenarios.py::",)
 ONCE_PARAMS = "AUG-"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(ROOT):
-            if item.path.relative_to(ROOT).as_posix().startswith(ONCE) or (
+            if item.nodeid.startswith(ONCE) or (
                 item.nodeid.startswith(ONCE_CASES) and ONCE_PARAMS in item.nodeid
             ):
                 item.add_marker(pytest.mark.once)

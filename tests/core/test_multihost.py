@@ -99,11 +99,9 @@ SHARDED = textwrap.dedent(
     import json, sys
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if int(sys.argv[2]) > 1:
-        jax.distributed.initialize(
-            coordinator_address=sys.argv[1], num_processes=int(sys.argv[2]),
-            process_id=int(sys.argv[3]),
-        )
+    jax.distributed.initialize(
+        coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])
+    )
     import numpy as np
     from flax import nnx
     from jax.experimental import multihost_utils
@@ -112,11 +110,8 @@ SHARDED = textwrap.dedent(
     from datarax.operators import ElementOperator
     from datarax.sources import MemorySource, MixDataSourcesNode, StreamingDiskSource
 
-    folder = sys.argv[4]
-    sharding = None
-    if sys.argv[5] == "sharded":
-        mesh = Mesh(np.array(jax.devices()), ("data",))
-        sharding = NamedSharding(mesh, PartitionSpec("data"))
+    folder = sys.argv[3]
+    mesh = Mesh(np.array(jax.devices()), ("data",))
 
     def noisy(record, key):
         return {"label": record["label"], "u": jax.random.uniform(key)}
@@ -127,8 +122,6 @@ SHARDED = textwrap.dedent(
         halves = [MemorySource({"label": labels[:20]}),
                   MemorySource({"label": labels[20:]})]
         yield "mix", MixDataSourcesNode(halves, [2, 1])
-        if sharding is None:
-            return  # the reference: disk and ArrayRecord serve the memory stream
         yield "disk", StreamingDiskSource(folder + "/npy")
         try:
             from datarax.integrations.arrayrecord import ArrayRecordSource
@@ -136,70 +129,44 @@ SHARDED = textwrap.dedent(
             return
         yield "arrayrecord", ArrayRecordSource(folder + "/labels.array_record")
 
-    def whole(x):  # the global batch, gathered from every process
-        if sharding is None:
-            return np.asarray(x).tolist()
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True)).tolist()
-
-    out = {}
-    for name, source in sources():
+    def batches(source, sharding):
         pipe = Pipeline(
             source=source, stages=[ElementOperator(noisy, stochastic=True)],
             batch_size=8, shuffle=True, num_epochs=None, rngs=nnx.Rngs(3),
             sharding=sharding,
         )
         scanned = pipe.scan(lambda b: b, length=2)
-        stepped = pipe.step()
-        iterated = next(iter(pipe))
-        out[name] = {
-            "specs": [
-                list(getattr(b["u"].sharding, "spec", []))
-                for b in (scanned, stepped, iterated)
-            ],
-            **{
-                f"{mode}_{field}": whole(batch[field])
-                for mode, batch in (("scan", scanned), ("step", stepped),
-                                    ("iter", iterated))
-                for field in ("label", "u")
+        return {"scan": scanned, "step": pipe.step(), "iter": next(iter(pipe))}
+
+    out = {"sharded": {}, "slices": {}}
+    for name, source in sources():
+        got = batches(source, NamedSharding(mesh, PartitionSpec("data")))
+        out["sharded"][name] = {
+            "specs": [list(b["u"].sharding.spec) for b in got.values()],
+            **{  # the global batch, gathered from every process
+                f"{mode}_{field}": np.asarray(
+                    multihost_utils.process_allgather(b[field], tiled=True)
+                ).tolist()
+                for mode, b in got.items() for field in ("label", "u")
             },
         }
-    if sharding is not None:  # a mesh of the other process's devices only
-        others = [d for d in jax.devices() if d.process_index != jax.process_index()]
-        mesh = Mesh(np.array(others), ("data",))
-        foreign = NamedSharding(mesh, PartitionSpec("data"))
-        try:
-            Pipeline(source=MemorySource({"x": np.arange(8)}), batch_size=4,
-                     sharding=foreign)
-        except ValueError as err:
-            out["foreign"] = str(err).split(" (process")[0]
+        if name in ("memory", "mix"):  # the reference: this process's slices
+            plain = batches(source, None)
+            out["slices"][name] = {
+                f"{mode}_{field}": np.asarray(b[field]).tolist()
+                for mode, b in plain.items() for field in ("label", "u")
+            }
+    # A mesh of the other process's devices only.
+    others = [d for d in jax.devices() if d.process_index != jax.process_index()]
+    foreign = NamedSharding(Mesh(np.array(others), ("data",)), PartitionSpec("data"))
+    try:
+        Pipeline(source=MemorySource({"x": np.arange(8)}), batch_size=4,
+                 sharding=foreign)
+    except ValueError as err:
+        out["foreign"] = str(err).split(" (process")[0]
     print(json.dumps(out))
     """
 )
-
-
-def _run_sharded(folder, processes: int, devices: int, mode: str) -> list[dict]:
-    address = f"127.0.0.1:{_free_port()}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    # Keeps the suite's XLA flags (tests/conftest.py), adds the device count.
-    flags = os.environ.get("XLA_FLAGS", "")
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}"
-    argv = [sys.executable, "-c", SHARDED, address, str(processes)]
-    procs = [
-        subprocess.Popen(
-            [*argv, str(i), str(folder), mode],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for i in range(processes)
-    ]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
 
 
 @pytest.mark.slow
@@ -215,24 +182,52 @@ def test_a_sharded_pipeline_on_two_processes_serves_the_one_process_stream(tmp_p
             tmp_path / "labels.array_record",
             [{"label": np.int32(i)} for i in range(37)],
         )
-    # One process, one device, no sharding: the reference stream.
-    (single,) = _run_sharded(tmp_path, 1, 1, "plain")
     # Two processes of two devices each, the batch sharded over all four.
-    first, second = _run_sharded(tmp_path, 2, 2, "sharded")
-    assert first == second  # every process holds the same global batches
-    assert (
-        first.pop("foreign")
-        == "the sharding's mesh holds none of this process's devices"
-    )
-    second.pop("foreign")
-    assert {"memory", "disk", "mix"} <= set(first) and set(single) == {"memory", "mix"}
-    for name, got in first.items():
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    # Keeps the suite's XLA flags (tests/conftest.py), adds the device count.
+    flags = os.environ.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SHARDED, address, str(i), str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    first, second = results
+    refused = "the sharding's mesh holds none of this process's devices"
+    assert first["foreign"] == second["foreign"] == refused
+    # Every process holds the same global batches.
+    assert first["sharded"] == second["sharded"]
+    assert {"memory", "disk", "mix"} <= set(first["sharded"])
+    # The reference: unsharded, process i serves the i-th half of each batch,
+    # and the halves concatenate to the one-process stream (the test above).
+    reference = {
+        name: {
+            key: np.concatenate(
+                [first["slices"][name][key], second["slices"][name][key]],
+                axis=1 if key.startswith("scan") else 0,
+            )
+            for key in first["slices"][name]
+        }
+        for name in ("memory", "mix")
+    }
+    for name, got in first["sharded"].items():
         # scan stacks batches sharded P("data"); step() and iteration serve them.
-        assert got["specs"] == [[None, "data"], ["data"], ["data"]], name
+        assert got.pop("specs") == [[None, "data"], ["data"], ["data"]], name
         # The sources tests show disk and ArrayRecord serve the memory stream.
-        for key, value in single["mix" if name == "mix" else "memory"].items():
-            if key != "specs":
-                np.testing.assert_allclose(got[key], value, err_msg=f"{name} {key}")
+        want = reference["mix" if name == "mix" else "memory"]
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, err_msg=f"{name} {key}")
         # The stream ran on: scan's two batches, then step's, then iteration's
         # (a mix repeats its first child's records: 2/3 of 32 draws from 20).
         labels = [*np.ravel(got["scan_label"]), *got["step_label"], *got["iter_label"]]
