@@ -32,21 +32,30 @@ def options(name):
     return {"unroll": 1} if name == "Floor" else {}
 
 
+def assert_spec(scenario, batches):
+    spec = output_spec(scenario)
+    for batch in batches:
+        assert batch.keys() == spec.keys()
+        for field, (shape, dtype) in spec.items():
+            assert batch[field].shape == (scenario.batch_size, *shape), field
+            assert str(batch[field].dtype) == dtype, field
+
+
+# The two datarax adapters are held to output_spec by the same-records test
+# below, which builds both (their pipelines are the costliest to compile).
+OTHERS = [name for name in ADAPTERS if name not in ("Datarax", "Datarax-scan")]
+
+
 @pytest.mark.parametrize("scenario_id", list(SCENARIOS))
-@pytest.mark.parametrize("name", list(ADAPTERS))
+@pytest.mark.parametrize("name", OTHERS)
 def test_adapter_serves_the_records_and_shapes_of_the_floor(set_up, name, scenario_id):
     # Against output_spec, which the Floor (one of ADAPTERS) is held to as well.
     scenario = small(scenario_id)
     adapter = set_up(name, scenario, **options(name))
     batches = adapter.batches(3)
     assert adapter.run(2) == 2 * scenario.batch_size
-    spec = output_spec(scenario)
     assert len(batches) == 3
-    for batch in batches:
-        assert batch.keys() == spec.keys()
-        for field, (shape, dtype) in spec.items():
-            assert batch[field].shape == (scenario.batch_size, *shape), field
-            assert str(batch[field].dtype) == dtype, field
+    assert_spec(scenario, batches)
 
 
 def assert_same_records(left, right):
@@ -66,10 +75,11 @@ def test_datarax_and_datarax_scan_serve_the_same_records(set_up, scenario_id):
     scenario = small(scenario_id)
     iteration = set_up("Datarax", scenario)
     scan = set_up("Datarax-scan", scenario)
-    assert_same_records(iteration.batches(3), scan.batches(3))
+    first = iteration.batches(3)
+    assert_spec(scenario, first)
+    assert_same_records(first, scan.batches(3))
     # Both go on along one stream: after runs of different lengths, still equal.
-    iteration.run(2)
-    scan.run(2)
+    assert iteration.run(2) == scan.run(2) == 2 * scenario.batch_size
     assert_same_records(iteration.batches(2), scan.batches(2))
 
 

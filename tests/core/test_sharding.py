@@ -10,6 +10,9 @@ import textwrap
 
 import pytest
 
+# A subprocess with four forced CPU devices runs every case (module fixture).
+pytestmark = pytest.mark.slow
+
 SCRIPT = textwrap.dedent(
     """
     import json, tempfile
