@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 OPS = ("rotate", "shift", "zoom", "noise", "cutout", "flip")
 
 
-def run_example(tmp_path: Path) -> dict[str, float]:
-    # tests/conftest.py turns XLA's LLVM optimisation off for the suite: here 21 s
-    # against 31 s for the example, with the same printed numbers.
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run(
-        [sys.executable, "examples/differentiable/dada.py", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = re.findall(r"^(\w+): ([-+.\deE]+|nan|inf)$", done.stdout, re.M)
-    return {name: float(value) for name, value in found}
-
-
-def test_dada_learns_a_policy_and_every_run_trains(tmp_path):
-    results = run_example(tmp_path)
+def test_dada_learns_a_policy_and_every_run_trains(run_flagship, tmp_path):
+    results = run_flagship("dada")
     # Same model, steps and data for the three runs; at the small size all
     # reach 0.93-0.95 on 1,297 test digits (seeds 0-2), an untrained one 0.1.
     for name in ("none", "fixed", "dada"):

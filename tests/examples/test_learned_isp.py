@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 INITIAL_GAMMA = 1 / 2.2
 
 
-def run_example(out: Path) -> dict[str, float]:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run(
-        [sys.executable, "examples/differentiable/learned_isp.py", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = re.findall(r"^(\w+): ([-\d.e]+)$", done.stdout, re.M)
-    return {name: float(value) for name, value in found}
-
-
-def test_learned_isp_trains_jointly_and_keeps_up_with_the_fixed_isp(tmp_path):
-    results = run_example(tmp_path)
+def test_learned_isp_trains_jointly_and_keeps_up_with_the_fixed_isp(
+    run_flagship, tmp_path
+):
+    results = run_flagship("learned_isp")
     assert results["steps"] == 200
     fixed = results["fixed_isp_accuracy"]
     learned = results["learned_isp_accuracy"]
