@@ -171,9 +171,14 @@ def apply_op_numpy(op: str, images: np.ndarray, rng: np.random.Generator) -> np.
     return _NUMPY_OPS[op](images.astype(np.float32, copy=False), rng)
 
 
-def _resized_crop_numpy(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    size, rows, columns, channels = images.shape
-    top, left, height, width = crop_window(
+def crop_windows_numpy(
+    rng: np.random.Generator, size: int, rows: int, columns: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``size`` crop windows ``(top, left, height, width)`` drawn from ``rng``.
+
+    The host loaders' draws (NumPy, and the PyTorch peer's), in one order.
+    """
+    return crop_window(
         np,
         rng.random((size, CROP_TRIES), np.float32),
         rng.random((size, CROP_TRIES), np.float32),
@@ -182,6 +187,11 @@ def _resized_crop_numpy(images: np.ndarray, rng: np.random.Generator) -> np.ndar
         rows,
         columns,
     )
+
+
+def _resized_crop_numpy(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size, rows, columns, channels = images.shape
+    top, left, height, width = crop_windows_numpy(rng, size, rows, columns)
     along_y = bilinear_weights(np, top, height, rows)
     along_x = bilinear_weights(np, left, width, columns)
     # Rows first, then columns with (row, channel) as one axis: two batched

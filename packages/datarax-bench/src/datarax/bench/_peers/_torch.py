@@ -13,14 +13,13 @@ import numpy as np
 
 from datarax.bench._adapter import Batch, IteratorAdapter, register_adapter, to_device
 from datarax.bench._augment import (
-    CROP_TRIES,
     CUTOUT_SIZE,
     FLIP_P,
     IMAGE_OPS,
     JITTER,
     LUMA,
     PIXEL_MAX,
-    crop_window,
+    crop_windows_numpy,
 )
 from datarax.bench._peers._stream import IndexStream, gather, source_arrays, stream_for
 from datarax.bench._scenarios import Scenario, apply_numpy
@@ -100,15 +99,7 @@ def augment_torch(
 
 def _resized_crop(torch: Any, x: Any, rng: np.random.Generator, gen: Any) -> Any:
     size, _, rows, columns = x.shape
-    top, left, height, width = crop_window(
-        np,
-        rng.random((size, CROP_TRIES), np.float32),
-        rng.random((size, CROP_TRIES), np.float32),
-        rng.random(size, np.float32),
-        rng.random(size, np.float32),
-        rows,
-        columns,
-    )
+    top, left, height, width = crop_windows_numpy(rng, size, rows, columns)
     # Output x in [-1, 1] (align_corners=False) samples the input at
     # (width / columns) * x + (2 * left + width) / columns - 1: the window's
     # half-pixel centres; likewise along y.
