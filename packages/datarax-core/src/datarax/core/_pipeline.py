@@ -321,9 +321,10 @@ class Pipeline(nnx.Module):
         self._require_random_access("Pipeline.scan")
         if not is_traced(self):
             check_not_closed_over("Pipeline.scan", self)
-        modules = check_scan_args(self, step_fn, length, modules, init_carry, unroll)
+        checked = check_scan_args(self, step_fn, length, modules, init_carry, unroll)
+        modules, joint = checked
         has_carry = init_carry is not None
-        if any(module is self for module in modules):
+        if joint:
             carry, outs = joint_scan(
                 step_fn, length=length, modules=modules, init_carry=init_carry,
                 unroll=unroll or 1,

@@ -116,8 +116,13 @@ def check_scan_args(
     modules: Any,
     init_carry: Any,
     unroll: int | None,
-) -> tuple:
-    """``Pipeline.scan``'s arguments checked; returns ``modules`` as a tuple."""
+) -> tuple[tuple, bool]:
+    """``Pipeline.scan``'s arguments checked.
+
+    Returns:
+        ``modules`` as a tuple, and whether the pipeline is among them (then
+        scan passes no batch: ``step_fn`` fetches its own).
+    """
     check_positive_int("length", length)
     if unroll is not None:
         check_positive_int("unroll", unroll)
@@ -126,7 +131,7 @@ def check_scan_args(
     check_step_fn(step_fn, len(modules), init_carry is not None, not joint)
     check_carry(init_carry)
     check_room(stream, length * stream.batch_size)
-    return modules
+    return modules, joint
 
 
 def check_carry(init_carry: Any) -> None:
