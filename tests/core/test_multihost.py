@@ -116,13 +116,20 @@ SHARDED = textwrap.dedent(
     def noisy(record, key):
         return {"label": record["label"], "u": jax.random.uniform(key)}
 
+    reads = []  # the rows this process's host reads asked for
+
+    class CountedDisk(StreamingDiskSource):
+        def host_read(self, rows):
+            reads.extend(int(r) for r in rows)
+            return super().host_read(rows)
+
     def sources():
         labels = np.arange(37, dtype=np.int32)
         yield "memory", MemorySource({"label": labels})
         halves = [MemorySource({"label": labels[:20]}),
                   MemorySource({"label": labels[20:]})]
         yield "mix", MixDataSourcesNode(halves, [2, 1])
-        yield "disk", StreamingDiskSource(folder + "/npy")
+        yield "disk", CountedDisk(folder + "/npy")
         try:
             from datarax.integrations.arrayrecord import ArrayRecordSource
         except ImportError:
@@ -135,12 +142,21 @@ SHARDED = textwrap.dedent(
             batch_size=8, shuffle=True, num_epochs=None, rngs=nnx.Rngs(3),
             sharding=sharding,
         )
-        scanned = pipe.scan(lambda b: b, length=2)
-        return {"scan": scanned, "step": pipe.step(), "iter": next(iter(pipe))}
+        reads.clear()
+        scanned = jax.block_until_ready(pipe.scan(lambda b: b, length=2))
+        scan_reads = sorted(reads)  # the callbacks ran before the result was ready
+        got = {"scan": scanned, "step": pipe.step(), "iter": next(iter(pipe))}
+        return got, scan_reads
 
     out = {"sharded": {}, "slices": {}}
     for name, source in sources():
-        got = batches(source, NamedSharding(mesh, PartitionSpec("data")))
+        got, scan_reads = batches(source, NamedSharding(mesh, PartitionSpec("data")))
+        if name == "disk":  # the rows read for scan, and the labels held here
+            out["disk_reads"] = scan_reads
+            out["disk_held"] = sorted(
+                int(x) for shard in got["scan"]["label"].addressable_shards
+                for x in np.ravel(shard.data)
+            )
         out["sharded"][name] = {
             "specs": [list(b["u"].sharding.spec) for b in got.values()],
             **{  # the global batch, gathered from every process
@@ -151,7 +167,7 @@ SHARDED = textwrap.dedent(
             },
         }
         if name in ("memory", "mix"):  # the reference: this process's slices
-            plain = batches(source, None)
+            plain, _ = batches(source, None)
             out["slices"][name] = {
                 f"{mode}_{field}": np.asarray(b[field]).tolist()
                 for mode, b in plain.items() for field in ("label", "u")
@@ -208,6 +224,12 @@ def test_a_sharded_pipeline_on_two_processes_serves_the_one_process_stream(tmp_p
     assert first["foreign"] == second["foreign"] == refused
     # Every process holds the same global batches.
     assert first["sharded"] == second["sharded"]
+    # Each process read from disk exactly the records its devices hold: half of
+    # scan's two batches of 8 (labels are row numbers), none of the other's.
+    for result in (first, second):
+        assert len(result["disk_reads"]) == 8
+        assert result["disk_reads"] == result["disk_held"]
+    assert set(first["disk_held"]).isdisjoint(second["disk_held"])
     assert {"memory", "disk", "mix"} <= set(first["sharded"])
     # The reference: unsharded, process i serves the i-th half of each batch,
     # and the halves concatenate to the one-process stream (the test above).

@@ -31,10 +31,10 @@ SCRIPT = textwrap.dedent(
     def noisy(record, key):
         return {**record, "u": jax.random.uniform(key)}
 
-    def build(source, sharded):
+    def build(source, sharding):
         return Pipeline(source=source, stages=[ElementOperator(noisy, stochastic=True)],
                         batch_size=8, shuffle=True, num_epochs=None, rngs=nnx.Rngs(2),
-                        sharding=sharding if sharded else None)
+                        sharding=sharding)
 
     def modes(pipe):
         it = iter(pipe)
@@ -51,8 +51,8 @@ SCRIPT = textwrap.dedent(
     out = {}
     for kind, make in [("memory", lambda: MemorySource(data)),
                        ("disk", lambda: StreamingDiskSource(folder))]:
-        batches, stacked = modes(build(make(), True))
-        plain, plain_stacked = modes(build(make(), False))
+        batches, stacked = modes(build(make(), sharding))
+        plain, plain_stacked = modes(build(make(), None))
         out[kind] = {
             "equal": all(same(a, b) for a, b in zip(batches, plain))
             and same(stacked, plain_stacked),
@@ -63,6 +63,16 @@ SCRIPT = textwrap.dedent(
                 for b in batches for v in b.values()
             ),
         }
+    # A 2-d mesh, the batch split over "data" (each slice read by both "model"
+    # devices) or over both axes: the disk source read on each device.
+    mesh2 = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
+    out["mesh2"] = []
+    for spec in (P("data"), P(("data", "model"))):
+        disk = StreamingDiskSource(folder)
+        batches, stacked = modes(build(disk, NamedSharding(mesh2, spec)))
+        out["mesh2"].append(all(same(a, b) for a, b in zip(batches, plain))
+                            and same(stacked, plain_stacked)
+                            and batches[0]["x"].sharding.spec == spec)
     errors = []
     for kwargs in [dict(batch_size=6), dict(sharding="data"),
                    dict(sharding=NamedSharding(mesh, P("data", None))),
@@ -103,6 +113,11 @@ def test_sharded_batches_equal_the_unsharded_ones_in_every_mode(result, kind):
     # Iteration, step() and scan; a shuffled stream with a stochastic stage.
     assert result[kind]["equal"]
     assert result[kind]["sharded"]  # 4 devices, 2 records each
+
+
+def test_a_disk_source_on_a_two_axis_mesh_serves_the_unsharded_stream(result):
+    # The batch over "data" (replicated over "model"), then over both axes.
+    assert result["mesh2"] == [True, True]
 
 
 def test_a_sharding_that_cannot_split_the_batches_is_refused(result):

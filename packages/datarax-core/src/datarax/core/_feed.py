@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding
 
 from datarax.core._keys import RunKeys, host_shuffle_key, run_keys
 from datarax.core._records import RecordContext, batch_positions, record_context
-from datarax.core._sharding import constrain
+from datarax.core._sharding import constrain, read_on_devices
 from datarax.core._source import MAX_POSITION, Batch, DataSource, SourceBase
 from datarax.core._stages import checked_output
 
@@ -178,10 +178,30 @@ def checked_read(source: SourceBase, raw: Any, count: int) -> Batch:
     return dict(raw)
 
 
+def read_chunk(stream: Stream, window: Window, start: Any, batches: int) -> Batch:
+    """``batches`` batches of records from ``start``: ``[batches, batch_size, ...]``.
+
+    Under a ``sharding``, a source that reads on the host is read on each
+    device for its own slice (see ``read_on_devices``).
+    """
+    size = stream.batch_size
+    source: DataSource = stream.source  # type: ignore[assignment]
+    if stream.sharding is not None and source.reads_on_host:
+        return read_on_devices(
+            source, window.plan, window.keys.shuffle, stream.sharding,
+            start, batches, size, checked_read,
+        )  # fmt: skip
+    raw = read_records(stream, window, start, batches * size)
+    return {k: v.reshape(batches, size, *v.shape[1:]) for k, v in raw.items()}
+
+
 def read_batch(stream: Stream, window: Window, start: jax.Array) -> Batch:
     """This process's slice of the batch at stream position ``start``, staged."""
     local, low = _local_size(stream)
-    raw = read_records(stream, window, start + low, local)
+    if stream.sharding is not None and stream.source.reads_on_host:
+        raw = {k: v[0] for k, v in read_chunk(stream, window, start, 1).items()}
+    else:
+        raw = read_records(stream, window, start + low, local)
     return _run_stages(stream, raw, start + low, local, window.keys)
 
 
@@ -200,11 +220,11 @@ def read_batches(stream: Stream, window: Window, count: int) -> list[Batch]:
         return [
             read_batch(stream, window, window.start + k * size) for k in range(count)
         ]
-    raw = read_records(stream, window, window.start, count * size)
+    raw = read_chunk(stream, window, window.start, count)
     return [
         stage_records(
             stream,
-            {name: x[k * size : (k + 1) * size] for name, x in raw.items()},
+            {name: x[k] for name, x in raw.items()},
             window.start + k * size,
             window.keys,
         )

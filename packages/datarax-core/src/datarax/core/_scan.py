@@ -24,7 +24,7 @@ from datarax.core._feed import (
     check_room,
     open_window,
     read_batch,
-    read_records,
+    read_chunk,
     stage_records,
 )
 from datarax.core._graph import Graph, GraphSpec
@@ -249,8 +249,7 @@ class _Body:
         assert window is not None
         size = stream.batch_size
         chunk_start = window.start + first_step * size
-        raw = read_records(stream, window, chunk_start, count * size)
-        raw = {k: v.reshape(count, size, *v.shape[1:]) for k, v in raw.items()}
+        raw = read_chunk(stream, window, chunk_start, count)
 
         def inner(carry: tuple, xs: tuple) -> tuple:
             raw_k, k = xs

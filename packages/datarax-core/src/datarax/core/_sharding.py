@@ -5,19 +5,25 @@ field of every batch is a global ``jax.Array`` split along its leading (batch)
 axis over the mesh's ``data`` devices, in every mode. The compiled programs
 constrain each staged batch to that sharding, so XLA computes each device's
 slice on that device; the source's dataset arrays are replicated on the mesh's
-devices once, when the pipeline is built (one copy per device).
+devices once, when the pipeline is built (one copy per device). A source that
+reads on the host (``reads_on_host``: ``.npy`` files, ArrayRecord) is read under
+``shard_map`` instead: each device's host callback reads the records of its own
+slice, so each JAX process reads only what its devices hold.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from datarax.core._source import Batch, DataVar
+from datarax.core._source import Batch, DataSource, DataVar
 
 
 def check_sharding(
@@ -88,18 +94,18 @@ def refuse_short_last_batch(
         )
 
 
+def batch_axes(sharding: NamedSharding) -> tuple[str, ...]:
+    """The mesh axes the batch's leading axis is split over (major first)."""
+    if not sharding.spec or sharding.spec[0] is None:
+        return ()
+    first = sharding.spec[0]
+    return tuple(first) if isinstance(first, tuple) else (first,)
+
+
 def batch_shards(sharding: NamedSharding) -> int:
     """How many slices the sharding cuts a batch into."""
-    if not sharding.spec or sharding.spec[0] is None:
-        return 1
-    axes = (
-        sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
-    )
     shape = dict(sharding.mesh.shape)
-    count = 1
-    for axis in axes:
-        count *= shape[axis]
-    return count
+    return math.prod(shape[axis] for axis in batch_axes(sharding))
 
 
 def replicate_dataset(root: Any, sharding: NamedSharding) -> None:
@@ -131,3 +137,48 @@ def constrain(batch: Batch, sharding: NamedSharding | None) -> Batch:
     if sharding is None:
         return batch
     return {k: jax.lax.with_sharding_constraint(v, sharding) for k, v in batch.items()}
+
+
+def read_on_devices(
+    source: DataSource, plan: Any, key: jax.Array | None, sharding: NamedSharding,
+    start: jax.Array, batches: int, batch_size: int,
+    check: Callable[[DataSource, Batch, int], Batch],
+) -> Batch:  # fmt: skip
+    """``batches`` global batches from ``start``, each device reading its slice.
+
+    For sources that read on the host (``reads_on_host``): under ``shard_map``
+    every device calls the source's host read for the records of its own slice
+    of each batch, so each JAX process reads only what its devices hold, and
+    nothing is gathered on one device. ``check(source, read, count)`` vets each
+    device's read against the source's element spec. Returns ``[batches,
+    batch_size, ...]`` per field, sharded on axis 1. Devices that hold the same
+    slice (mesh axes the batch is not split over) each read it.
+    """
+    axes = batch_axes(sharding)
+    local = batch_size // batch_shards(sharding)
+    # shard_map takes no closed-over arrays: the source's state goes in as an
+    # argument (replicated, like the plan), and is merged back on each device.
+    graphdef, state = nnx.split(source)
+
+    def one_device(state: Any, plan: Any, key: Any, start: jax.Array) -> Batch:
+        device_source = nnx.merge(graphdef, state)
+        shard = jax.lax.axis_index(axes) if axes else 0
+        offsets = (
+            jnp.arange(batches, dtype=jnp.int32)[:, None] * batch_size
+            + shard * local
+            + jnp.arange(local, dtype=jnp.int32)[None, :]
+        )
+        positions = (start + offsets).reshape(-1)
+        raw = check(
+            device_source, device_source.read_at(plan, positions, key), positions.size
+        )
+        return {k: v.reshape(batches, local, *v.shape[1:]) for k, v in raw.items()}
+
+    split = PartitionSpec(None, sharding.spec[0] if axes else None)
+    return jax.shard_map(
+        one_device,
+        mesh=sharding.mesh,
+        in_specs=PartitionSpec(),
+        out_specs=split,
+        check_vma=False,  # a callback's output is not known to vary by device
+    )(state, plan, key, start)

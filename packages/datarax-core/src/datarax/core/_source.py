@@ -78,6 +78,12 @@ class SourceBase(nnx.Module):
     #: Whether the source can serve each epoch in a keyed permutation.
     supports_shuffle: bool = False
 
+    #: Whether the source's reads call back into Python on the host
+    #: (``jax.pure_callback``). Under a pipeline's ``sharding`` each device then
+    #: reads its own slice of every batch, so each JAX process reads only the
+    #: records its devices hold; other sources are read by XLA on each device.
+    reads_on_host: bool = False
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         old = sorted(set(vars(cls)) & set(_RENAMED_HOOKS))

@@ -35,6 +35,8 @@ class HostSourceBase(OrderedSource):
     checkpoints or a compiled function's arguments.
     """
 
+    reads_on_host = True
+
     def host_read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Reads records ``rows`` (1-d int64, in the order given) on the host.
 

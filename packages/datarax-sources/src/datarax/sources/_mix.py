@@ -238,6 +238,11 @@ class MixDataSourcesNode(PlannedSource[MixPlan, tuple]):
         return all(s.supports_shuffle for s in self.sources)
 
     @property
+    def reads_on_host(self) -> bool:  # type: ignore[override]
+        """Whether any child reads on the host (then so does the mix)."""
+        return any(s.reads_on_host for s in self.sources)
+
+    @property
     def element_spec(self) -> ElementSpec:
         """The children's (common) element spec."""
         return self.sources[0].element_spec
