@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,29 +72,55 @@ ONCE = (
 )
 
 
-@pytest.fixture(scope="session")
-def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The four distributions built as wheels, once per test run.
+def once_per_run(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]
+) -> Path:
+    """The folder ``name`` of this test run, filled by ``make(folder)`` once.
 
-    tests/packaging/test_distributions.py and test_extras.py both install them;
-    under xdist they may run on different workers, which share one folder of
-    the run (under a lock), so the wheels are built once, not once per test.
+    Under xdist the workers share one folder of the run and take a lock, so a
+    costly product (built wheels, a real benchmark run) is made once per run,
+    whichever worker asks first, and not again when pytest tears a module or
+    session fixture down and sets it up anew on the same worker.
     """
     base = tmp_path_factory.getbasetemp()
     if "PYTEST_XDIST_WORKER" in os.environ:
         base = base.parent  # this run's folder, above the workers' own
-    out = base / "wheels"
-    with open(base / "wheels.lock", "w") as lock:
+    out = base / name
+    with open(base / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "built").exists():
-            subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--no-deps"]
-                + ["--no-build-isolation", "--no-index", "--quiet", "-w", str(out)]
-                + sorted(str(p.parent) for p in ROOT.glob("packages/*/pyproject.toml")),
-                check=True,
-            )
-            (out / "built").touch()
+        if not (base / f"{name}.done").exists():
+            shutil.rmtree(out, ignore_errors=True)  # what a failed make left
+            out.mkdir()
+            make(out)
+            (base / f"{name}.done").touch()
     return out
+
+
+@pytest.fixture(scope="session")
+def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four distributions built as wheels, once per test run.
+
+    tests/packaging/test_distributions.py and test_extras.py both install them,
+    perhaps on different workers.
+    """
+
+    def build(out: Path) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps"]
+            + ["--no-build-isolation", "--no-index", "--quiet", "-w", str(out)]
+            + sorted(str(p.parent) for p in ROOT.glob("packages/*/pyproject.toml")),
+            check=True,
+        )
+
+    return once_per_run(tmp_path_factory, "wheels", build)
+
+
+@pytest.fixture(scope="session")
+def run_once(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``run_once(name, make)``: :func:`once_per_run` for this test run."""
+    return lambda name, make: once_per_run(tmp_path_factory, name, make)
 
 
 @pytest.fixture

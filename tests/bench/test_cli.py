@@ -42,17 +42,21 @@ def test_console_script_is_installed():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    done = subprocess.run(
-        [script(), "run", "--scenarios", "NLP-1", "--adapters", "Floor,Datarax-scan",
-         "--variant", "tiny", "--repeats", "2", "--out", str(out)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "2 measured, 0 skipped, 0 errors" in done.stdout
-    assert "NLP-1  Datarax-scan" in done.stderr  # the progress line of a measurement
-    return out
+def tiny_run(run_once) -> Path:
+    """A real ``datarax-bench run`` (~15 s), made once per test run."""
+
+    def run(out: Path) -> None:
+        done = subprocess.run(
+            [script(), "run", "--scenarios", "NLP-1",
+             "--adapters", "Floor,Datarax-scan",
+             "--variant", "tiny", "--repeats", "2", "--out", str(out)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "2 measured, 0 skipped, 0 errors" in done.stdout
+        assert "NLP-1  Datarax-scan" in done.stderr  # a measurement's progress line
+
+    return run_once("bench-tiny-run", run)
 
 
 def test_run_writes_results_report_and_charts(tiny_run):
