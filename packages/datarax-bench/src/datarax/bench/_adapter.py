@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from datarax.bench._scenarios import Scenario, reduce_batch
+from datarax.bench._consumers import SUM, Consumer
+from datarax.bench._scenarios import Scenario
 
 Batch = dict[str, jax.Array]
 
@@ -59,12 +60,16 @@ class Adapter(abc.ABC):
         modules: top-level modules the adapter imports (peers); when one is
             missing the adapter is skipped with :attr:`install`.
         install: the command that installs what it needs.
+        shards_batches: whether it serves a sharded scenario (``DP-1``).
     """
 
     name: ClassVar[str]
     kind: ClassVar[str] = "peer"
     modules: ClassVar[tuple[str, ...]] = ()
     install: ClassVar[str] = 'pip install "datarax-bench[peers]"'
+    #: Whether the adapter serves global batches sharded over several devices
+    #: (``Scenario.devices`` above 1, see ``batch_sharding``).
+    shards_batches: ClassVar[bool] = False
 
     @classmethod
     def missing(cls) -> str | None:
@@ -76,6 +81,11 @@ class Adapter(abc.ABC):
 
     def unsupported(self, scenario: Scenario) -> str | None:
         """Why this loader cannot express ``scenario`` (never run lighter work)."""
+        if scenario.devices > 1 and not self.shards_batches:
+            return (
+                f"serves batches on one device; {scenario.id} shards them over "
+                f"{scenario.devices}"
+            )
         return None
 
     def settings(self) -> dict[str, Any]:
@@ -112,10 +122,17 @@ class IteratorAdapter(Adapter):
     """An adapter whose loader is a Python iterator of device batches.
 
     Subclasses implement :meth:`make_iterator` (called once, after ``setup``): an
-    endless iterator of ``dict[str, jax.Array]`` already on the default device.
+    endless iterator of ``dict[str, jax.Array]`` already on the default device
+    (or, for a sharded scenario, global arrays of :func:`batch_sharding`). One
+    that serves a scenario with another consumer than the sum (``DP-1``) sets
+    :attr:`consumer` in its ``setup``.
     """
 
     _iterator: Iterator[Batch] | None = None
+    #: What each batch feeds (``consumer_of(scenario)``); the sum by default.
+    consumer: Consumer = SUM
+    _state: Any = None
+    _step: Callable[[Any, Batch], Any] | None = None
 
     @abc.abstractmethod
     def make_iterator(self) -> Iterator[Batch]:
@@ -129,17 +146,19 @@ class IteratorAdapter(Adapter):
     def run(self, num_batches: int) -> int:
         """Pulls ``num_batches`` batches and consumes each; returns records.
 
-        Each batch goes through :func:`reduce_batch` (one cached jitted call, the
+        Each batch goes through the consumer's step (one cached jitted call, the
         step the Floor and ``Pipeline.scan`` take inside their loops), so an
-        iterator is timed on the same work; the run ends when the total is ready.
+        iterator is timed on the same work; the run ends when its result is ready.
         """
+        if self._step is None:
+            self._step = jax.jit(self.consumer.step)
+            self._state = self.consumer.init()
         records = 0
-        total = np.float32(0)
         for _ in range(num_batches):
             batch = self._next()
             records += int(next(iter(batch.values())).shape[0])
-            total = _consume(total, batch)
-        jax.block_until_ready(total)
+            self._state = self._step(self._state, batch)
+        jax.block_until_ready(self._state)
         return records
 
     def batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:
@@ -148,11 +167,6 @@ class IteratorAdapter(Adapter):
             {k: np.asarray(v) for k, v in self._next().items()}
             for _ in range(num_batches)
         ]
-
-
-@jax.jit
-def _consume(total: jax.Array, batch: Batch) -> jax.Array:
-    return total + reduce_batch(batch)
 
 
 def to_device(batch: dict[str, Any]) -> Batch:

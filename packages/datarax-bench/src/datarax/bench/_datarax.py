@@ -3,7 +3,7 @@
 Both build the same :class:`~datarax.Pipeline` from a scenario with the same seed,
 so they serve the same records with the same augmentation randomness; they differ
 only in how the batches are consumed: a Python ``for`` loop, or one compiled loop
-whose step is :func:`~datarax.bench.reduce_batch`.
+whose step is the scenario's consumer (:mod:`datarax.bench._consumers`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from datarax.bench._augment import (
     IMAGE_OPS,
     JITTER,
 )
-from datarax.bench._scenarios import SQUARE_SCALE, Scenario, apply_jax, reduce_batch
+from datarax.bench._consumers import batch_sharding, consumer_of
+from datarax.bench._scenarios import SQUARE_SCALE, Scenario, apply_jax
 from datarax.operators import (
     ColorJitter,
     Cutout,
@@ -80,6 +81,7 @@ def build_pipeline(
         "shuffle": scenario.shuffle,
         "num_epochs": None,
         "rngs": nnx.Rngs(seed),
+        "sharding": batch_sharding(scenario),
     }
     if scenario.dag:
         return Pipeline.from_dag(
@@ -200,11 +202,13 @@ class _PipelineAdapter(Adapter):
 
     kind = "datarax"
     modules = ()
+    shards_batches = True
     mode: str  # how the pipeline is consumed, for the report
 
     def __init__(self, *, seed: int = 0):
         self._seed = seed
         self._settings: dict[str, Any] = {}
+        self._state: Any = None  # the consumer's, made by the first run
 
     def setup(
         self,
@@ -215,6 +219,7 @@ class _PipelineAdapter(Adapter):
     ) -> None:
         """Builds the pipeline (see :func:`build_pipeline`)."""
         self._pipe = build_pipeline(scenario, data, workdir, seed=self._seed)
+        self.consumer = consumer_of(scenario)
         self._settings = {
             "mode": self.mode,
             "source": _source_name(scenario),
@@ -244,17 +249,19 @@ class DataraxAdapter(_PipelineAdapter, IteratorAdapter):
 
 @register_adapter
 class DataraxScanAdapter(_PipelineAdapter):
-    """Datarax by ``Pipeline.scan`` with :func:`reduce_batch` as the step.
+    """Datarax by ``Pipeline.scan`` with the scenario's consumer as the step.
 
     The same pipeline as :class:`DataraxAdapter`; every ``run`` is one compiled
-    call, cached after the first (default unroll).
+    call, cached after the first (default unroll), whose carry is the
+    consumer's state (the running sum of :func:`reduce_batch`, or ``DP-1``'s
+    MLP parameters).
 
     Args:
         seed: the pipeline's seed (``nnx.Rngs(seed)``).
     """
 
     name = "Datarax-scan"
-    mode = "Pipeline.scan(reduce_batch)"
+    mode = "Pipeline.scan(consumer step, init_carry=state)"
 
     def run(self, num_batches: int) -> int:
         """One ``Pipeline.scan`` of ``num_batches`` steps; returns records.
@@ -262,8 +269,16 @@ class DataraxScanAdapter(_PipelineAdapter):
         The count is how far the pipeline's own stream position moved, so the
         runner's check of records served holds scan to account too.
         """
+        if self._state is None:
+            self._state = self.consumer.init()
+            step = self.consumer.step
+            # One function object for every call: scan caches its program on it.
+            self._scan_step = lambda state, batch: (step(state, batch), None)
         before = int(self._pipe.position[...])
-        jax.block_until_ready(self._pipe.scan(reduce_batch, length=num_batches))
+        self._state, _ = self._pipe.scan(
+            self._scan_step, length=num_batches, init_carry=self._state
+        )
+        jax.block_until_ready(self._state)
         return int(self._pipe.position[...]) - before
 
     def batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:

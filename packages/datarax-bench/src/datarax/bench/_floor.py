@@ -2,7 +2,9 @@
 
 What a JAX expert writes with no data library at all: the records sit in device
 arrays, each step slices (or gathers) its batch, applies the scenario's transforms
-with :func:`~datarax.bench.apply_jax` and reduces the batch to a scalar. Everything
+with :func:`~datarax.bench.apply_jax` and feeds it to the scenario's consumer
+(reduced to a scalar; ``DP-1``: an MLP's SGD step on the batch sharded over the
+mesh, the records replicated on its devices). Everything
 that can be planned is planned before the loop, inside the same compiled call:
 the start of every batch, the per-epoch permutations of a shuffled scenario, one
 key per record, the source and row of every mixed position. Nothing a loader does
@@ -20,9 +22,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from datarax.bench._adapter import Adapter, register_adapter
-from datarax.bench._scenarios import Scenario, apply_jax, reduce_batch
+from datarax.bench._consumers import Consumer, batch_sharding, consumer_of
+from datarax.bench._scenarios import Scenario, apply_jax
 
 #: The unroll factors the Floor tries; on XLA:CPU the factor alone can change an
 #: image loop's time tenfold, so the Floor takes the fastest.
@@ -47,6 +51,7 @@ class FloorAdapter(Adapter):
 
     name = "Floor"
     kind = "floor"
+    shards_batches = True
 
     def __init__(self, *, unroll: int | None = None, seed: int = 0):
         self._fixed_unroll = unroll
@@ -65,7 +70,15 @@ class FloorAdapter(Adapter):
         self._scenario = scenario
         self._lengths = tuple(len(next(iter(d.values()))) for d in data)
         arrays = {name: np.concatenate([d[name] for d in data]) for name in data[0]}
-        self._arrays = {name: jax.device_put(x) for name, x in arrays.items()}
+        # Sharded batches: the records replicated on every device of the mesh,
+        # each device slicing its part of a batch locally (as datarax does).
+        self._sharding = batch_sharding(scenario)
+        where = None
+        if self._sharding is not None:
+            where = NamedSharding(self._sharding.mesh, PartitionSpec())
+        self._arrays = {name: jax.device_put(x, where) for name, x in arrays.items()}
+        self._consumer = consumer_of(scenario)
+        self._state = self._consumer.init()
         self._size = sum(self._lengths)
         self._position = 0
         self._key = jax.random.key(self._seed)
@@ -120,10 +133,11 @@ class FloorAdapter(Adapter):
         key = (num_batches, unroll, emit)
         if key not in self._programs:
             self._programs[key] = _program(
-                self._scenario, self._lengths, num_batches, unroll, emit
-            )
-        out, self._drawn = self._programs[key](
-            self._arrays, np.int32(self._position), self._key, self._drawn
+                self._scenario, self._lengths, num_batches, unroll, emit,
+                self._consumer, self._sharding,
+            )  # fmt: skip
+        out, self._drawn, self._state = self._programs[key](
+            self._arrays, np.int32(self._position), self._key, self._drawn, self._state
         )
         self._position += num_batches * self._scenario.batch_size
         return out
@@ -135,10 +149,14 @@ def _program(
     num_batches: int,
     unroll: int,
     emit: bool,
+    consumer: Consumer,
+    sharding: NamedSharding | None,
 ) -> Callable:
     """The jitted run of ``num_batches`` steps: plan first, then one ``lax.scan``.
 
-    ``emit`` returns the batches stacked (for tests) instead of their sum.
+    Each step feeds its batch (constrained to ``sharding``) to the consumer;
+    ``emit`` returns the batches stacked (for tests) and leaves the consumer's
+    state as it was.
     """
     batch_size = scenario.batch_size
     size = sum(lengths)
@@ -201,6 +219,8 @@ def _program(
                 name: jnp.take(a, x["rows"], axis=0, mode="clip")
                 for name, a in arrays.items()
             }
+        if sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, sharding)
         if scenario.stochastic:
             return jax.vmap(lambda r, k: apply_jax(scenario, r, k))(batch, x["keys"])
         if scenario.ops or scenario.dag:
@@ -208,16 +228,16 @@ def _program(
         return batch
 
     @jax.jit
-    def run(arrays, position, key, drawn):
+    def run(arrays, position, key, drawn, state):
         xs, drawn = plan(position, key, drawn)
 
-        def body(total, x):
+        def body(state, x):
             batch = make_batch(arrays, x)
             if emit:
-                return total, batch
-            return total + reduce_batch(batch), None
+                return state, batch
+            return consumer.step(state, batch), None
 
-        total, batches = jax.lax.scan(body, jnp.float32(0), xs, unroll=unroll)
-        return (batches if emit else total), drawn
+        state, batches = jax.lax.scan(body, state, xs, unroll=unroll)
+        return (batches if emit else state), drawn, state
 
     return run

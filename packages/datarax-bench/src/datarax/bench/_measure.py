@@ -152,6 +152,12 @@ def measure_cell(
         unsupported = adapter.unsupported(scenario)
         if unsupported is not None:
             return skipped_row(adapter_name, scenario_id, variant, unsupported)
+        if scenario.devices > len(jax.devices()):
+            found = f"{len(jax.devices())} {jax.devices()[0].platform} device(s)"
+            return skipped_row(
+                adapter_name, scenario_id, variant,
+                f"needs {scenario.devices} devices, this machine has {found}",
+            )  # fmt: skip
         num = num_batches or scenario.variants[variant].num_batches
         data = scenario.data(variant)
         if scenario.on_disk:

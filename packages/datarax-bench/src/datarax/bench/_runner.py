@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from datarax.bench._machine import machine_info, versions
 from datarax.bench._measure import OK, error_row, measure_cell, skipped_row
 from datarax.bench._report import render_report
 from datarax.bench._results import SCHEMA, write_results
-from datarax.bench._scenarios import SCENARIOS
+from datarax.bench._scenarios import SCENARIOS, Scenario
 
 
 def _select(names: Sequence[str] | None, known: dict[str, Any], what: str) -> list[str]:
@@ -56,7 +57,11 @@ def _in_subprocess(
             command += ["--floor-unroll", str(floor_unroll)]
         try:
             done = subprocess.run(
-                command, capture_output=True, text=True, timeout=timeout
+                command,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=_worker_env(SCENARIOS[scenario]),
             )
         except subprocess.TimeoutExpired:
             return error_row(
@@ -73,6 +78,20 @@ def _in_subprocess(
             f"worker exited with status {done.returncode}: {last}",
             "\n".join(tail),
         )
+
+
+def _worker_env(scenario: Scenario) -> dict[str, str]:
+    """The worker's environment: on a CPU, as many devices as the scenario shards.
+
+    XLA's CPU backend serves one device unless told otherwise before it starts;
+    the flag leaves GPU and TPU backends alone (a scenario needing more devices
+    than a machine has is then skipped by the worker).
+    """
+    env = dict(os.environ)
+    if scenario.devices > 1:
+        flag = f"--xla_force_host_platform_device_count={scenario.devices}"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+    return env
 
 
 def _unsupported(adapter: str, scenario: str) -> str | None:

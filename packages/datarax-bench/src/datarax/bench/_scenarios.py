@@ -71,6 +71,11 @@ class Scenario:
         mix_weights: several sources mixed by these weights (``IO-3``), else None.
         dag: the two-branch DAG with a merge (``PC-2``).
         on_disk: records live in ``.npy`` files read on demand (``IO-2``).
+        devices: the batch is sharded over this many devices on a ``data`` mesh
+            axis (``DP-1``); 1 for a batch on the default device.
+        consumer: what each batch feeds: ``"sum"`` (:func:`reduce_batch`) or
+            ``"mlp"`` (one SGD step of a small MLP, see
+            :mod:`datarax.bench._consumers`).
         variants: ``"small"`` and ``"full"`` sizes, and ``"tiny"`` for tests and
             smoke runs (seconds, not figures to quote).
     """
@@ -86,6 +91,8 @@ class Scenario:
     mix_weights: tuple[float, ...] | None = None
     dag: bool = False
     on_disk: bool = False
+    devices: int = 1
+    consumer: str = "sum"
     variants: Mapping[str, Variant] = field(
         default_factory=lambda: {
             "tiny": Variant(1_000, 4),
@@ -135,6 +142,7 @@ def _generate(rng: np.random.Generator, spec: FieldSpec, size: int) -> np.ndarra
 _TOKENS = {"tokens": FieldSpec((128,), "int32", high=32_000)}
 _TABLE = {"features": FieldSpec((100,), "float32")}
 _IMAGES = {"image": FieldSpec((32, 32, 3), "uint8", high=256)}
+_LABELLED = {**_TABLE, "label": FieldSpec((), "int32", high=10)}
 
 #: Every scenario, by id.
 SCENARIOS: dict[str, Scenario] = {
@@ -176,6 +184,12 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "IO-2", "NLP-1 tokens read from .npy files on disk (floor: in memory)",
             _TOKENS, 32, on_disk=True,
+        ),
+        Scenario(
+            "DP-1",
+            "TAB-1 rows with labels, batch 256 sharded over 8 devices: one MLP "
+            "SGD step per batch (data parallel)",
+            _LABELLED, 256, devices=8, consumer="mlp",
         ),
     )
 }  # fmt: skip

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from datarax.bench._adapter import Batch, IteratorAdapter, register_adapter
+from datarax.bench._consumers import batch_sharding, consumer_of
 from datarax.bench._peers._stream import gather, source_arrays
 from datarax.bench._scenarios import Scenario, apply_numpy
 
@@ -41,6 +42,7 @@ class GrainAdapter(IteratorAdapter):
 
     name: ClassVar[str] = "Grain"
     modules: ClassVar[tuple[str, ...]] = ("grain",)
+    shards_batches: ClassVar[bool] = True
 
     def __init__(
         self, *, num_threads: int | None = None, prefetch_buffer_size: int = 8
@@ -58,7 +60,8 @@ class GrainAdapter(IteratorAdapter):
             "read_options.num_threads": self.num_threads,
             "read_options.prefetch_buffer_size": self.prefetch_buffer_size,
             "device_put": "grain.experimental.device_put(cpu_buffer_size=4, "
-            "device_buffer_size=2)",
+            "device_buffer_size=2); sharded scenarios: the same two buffers around "
+            "jax.make_array_from_process_local_data, each process loading its rows",
             "transforms": "NumPy, per batch",
         }
 
@@ -92,6 +95,14 @@ class GrainAdapter(IteratorAdapter):
             indices = grain.MapDataset.mix(children, list(scenario.mix_weights))
         # repeat() comes before batch(), so batches run on across epochs.
         batched = indices.batch(scenario.batch_size)
+        sharding = batch_sharding(scenario)
+        if sharding is not None:
+            # Grain's multi-host recipe: each JAX process loads only its rows of
+            # every global batch (its slice of the indices, before the gather).
+            local = scenario.batch_size // jax.process_count()
+            low = jax.process_index() * local
+            batched = batched.map(lambda idx: idx[low : low + local])
+        self.consumer = consumer_of(scenario)
 
         if scenario.stochastic:
 
@@ -110,11 +121,19 @@ class GrainAdapter(IteratorAdapter):
             num_threads=self.num_threads,
             prefetch_buffer_size=self.prefetch_buffer_size,
         )
-        self._dataset = grain.experimental.device_put(
-            loaded.to_iter_dataset(read_options),
-            jax.devices()[0],
-            cpu_buffer_size=4,
-            device_buffer_size=2,
+        batches = loaded.to_iter_dataset(read_options)
+        if sharding is None:
+            self._dataset = grain.experimental.device_put(
+                batches, jax.devices()[0], cpu_buffer_size=4, device_buffer_size=2
+            )
+            return
+        # grain.experimental.device_put's two buffers, with the process's rows
+        # made one global array (jax.device_put would need the whole batch).
+        staged = grain.experimental.ThreadPrefetchIterDataset(
+            batches, prefetch_buffer_size=4
+        ).map(lambda b: jax.make_array_from_process_local_data(sharding, b))
+        self._dataset = grain.experimental.ThreadPrefetchIterDataset(
+            staged, prefetch_buffer_size=2
         )
 
     def make_iterator(self) -> Iterator[Batch]:
