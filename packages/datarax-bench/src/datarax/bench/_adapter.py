@@ -154,10 +154,16 @@ class IteratorAdapter(Adapter):
             self._step = jax.jit(self.consumer.step)
             self._state = self.consumer.init()
         records = 0
+        pending: list[Any] = []  # states of the steps in flight
+        limit = self.consumer.in_flight
         for _ in range(num_batches):
             batch = self._next()
             records += int(next(iter(batch.values())).shape[0])
+            if limit is not None and len(pending) >= limit:
+                jax.block_until_ready(pending.pop(0))
             self._state = self._step(self._state, batch)
+            if limit is not None:
+                pending.append(self._state)
         jax.block_until_ready(self._state)
         return records
 

@@ -29,10 +29,15 @@ LEARNING_RATE = 0.05
 
 
 class Consumer(NamedTuple):
-    """A state made once per adapter and one step per batch (pure functions)."""
+    """A state made once per adapter and one step per batch (pure functions).
+
+    ``in_flight`` bounds the steps an iterator dispatches ahead of the results
+    (``None``: unbounded, JAX's async dispatch).
+    """
 
     init: Callable[[], Any]
     step: Callable[[Any, Batch], Any]
+    in_flight: int | None = None
 
 
 def _add_reduced(total: jax.Array, batch: Batch) -> jax.Array:
@@ -74,7 +79,11 @@ def consumer_of(scenario: Scenario) -> Consumer:
     if scenario.consumer == "mlp":
         features = scenario.fields["features"].shape[0]
         sharding = batch_sharding(scenario)
-        return Consumer(lambda: _mlp_params(features, sharding), mlp_step)
+        # Two steps in flight at most: jax 0.10's CPU runtime aborts (an
+        # all-reduce rendezvous times out after 40 s) when a hundred collective
+        # programs are queued on 8 forced devices, as a plain jitted loop over
+        # ready batches shows; jax 0.12 does not. Two cost no measurable time.
+        return Consumer(lambda: _mlp_params(features, sharding), mlp_step, 2)
     raise ValueError(
         f"{scenario.id}: consumer {scenario.consumer!r} is not one of 'sum', 'mlp'."
     )
