@@ -26,7 +26,6 @@ peers=""
 if [ "$(python3 -c 'import sys; print(sys.version_info[:2] == (3, 11))')" = True ]; then
   peers=peers
 fi
-ensure_env python3 .venv $peers
 
 py312=""
 if command -v pyenv >/dev/null 2>&1; then
@@ -40,12 +39,14 @@ if [ "$(python3 -c 'import sys; print(sys.version_info[:2] == (3, 12))')" = True
 elif [ -z "$py312" ]; then
   echo "== Python 3.12 run skipped: no Python 3.12 found under pyenv"
 else
-  # The second environment installs while the first runs its tests: pip waits
-  # mostly on unpacking and disk, and on a fresh clone this hides a minute of it.
+  # The second environment installs beside the first: one pip keeps about one
+  # core busy (unpacking wheels), so on a fresh clone the two take the time of
+  # one, and the first pass of tests runs with both cores to itself.
   env312_log="$(mktemp)"
   ensure_env "$py312" .venv312 >"$env312_log" 2>&1 &
   env312_pid=$!
 fi
+ensure_env python3 .venv $peers
 
 echo "== ruff"
 .venv/bin/python -m ruff check .
