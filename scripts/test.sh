@@ -63,8 +63,7 @@ if [ -n "$py312" ]; then
   cat "$env312_log"
   echo "== tests on $(.venv312/bin/python --version)"
   # This run checks the library under the other jax / flax versions: its unit
-  # tests (core, sources, operators, checkpoint state, integrations), in one
-  # process. Left to the first pass: tests marked "once" (tests/conftest.py: ONCE
+  # tests (core, sources, operators, checkpoint state, the TFDS integration). Left to the first pass: tests marked "once" (tests/conftest.py: ONCE
   # says which and why: what those versions do not change, and whole programs
   # built on public calls the unit tests cover here) and those marked "slow"
   # (several processes: jax.distributed runs, checkpoints read by another

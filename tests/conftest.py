@@ -32,9 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Marked ``once``: scripts/test.sh runs them in its first pass only (the second
 # Python, with the other jax and flax, runs -m "not once"). The second pass checks
 # the library under the other versions: its unit tests (core, sources, operators,
-# checkpoint state, integrations, the one-process-per-slice multi-process run)
-# run there. Once: what those versions do not change (packaging, the errors
-# table, bad input refused before any jax work, the benchmark's CLI and peers),
+# checkpoint state, the TFDS integration, the one-process-per-slice multi-process
+# run) run there. Once: what those versions do not change (packaging, the errors
+# table, bad input refused before any jax work, the HF and ArrayRecord adapters
+# over the shared source bases, the benchmark's CLI, scenarios and peers),
 # and whole programs built on the library's public calls that the unit tests
 # cover on both (the examples and flagships, the benchmark's adapters, the
 # two-process sharded run). Entries are path or test id prefixes.
@@ -59,6 +60,16 @@ ONCE = (
     "tests/sources/test_probe_sources.py",
     "tests/sources/test_source_trust.py",
     "tests/integrations/test_hf_probe.py",
+    # The HF and ArrayRecord adapters: the same datasets / array_record versions
+    # on both Pythons, and their traced reads are HostSourceBase's and
+    # EagerSourceBase's, which tests/sources checks on both (test_tfds, whose
+    # streaming source makes its own callback, runs on both). The benchmark's
+    # scenario transforms (its own jax code, not the library's) likewise.
+    "tests/integrations/test_arrayrecord.py",
+    "tests/integrations/test_hf.py",
+    "tests/integrations/test_hf_trust.py",
+    "tests/integrations/test_tfds_trust.py",
+    "tests/bench/test_scenarios.py",
     "tests/examples/test_docs.py",
     # orbax is the same version on both Pythons; datarax's state (what it
     # writes) is tested on both by tests/checkpoint.
@@ -185,19 +196,10 @@ def _long(item: pytest.Item) -> bool:
     )
 
 
-#: Parametrisations run on the first Python only: the scenario transforms of
-#: the augmentation scenarios (AUG-1's 3,072 normals per record, AUG-2's crops,
-#: jitter and cutout) are the benchmark's own code, not the library's.
-ONCE_CASES = ("tests/bench/test_scenarios.py::",)
-ONCE_PARAMS = "AUG-"
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(ROOT):
-            if item.nodeid.startswith(ONCE) or (
-                item.nodeid.startswith(ONCE_CASES) and ONCE_PARAMS in item.nodeid
-            ):
+            if item.nodeid.startswith(ONCE):
                 item.add_marker(pytest.mark.once)
     # Long tests first, in their usual order, then the rest. xdist hands tests out
     # in collection order, so a long test that happens to start last keeps one
