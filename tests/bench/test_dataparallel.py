@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent(
                             for k, v in batch.items()}
         adapter.close()
     row = measure_cell("Datarax-scan", "DP-1", variant="small", repeats=1, warmup=1,
-                       num_batches=3)
+                       num_batches=3, floor_unroll=1)
     out["row"] = {k: row.get(k) for k in ("status", "reason", "error")}
     print(json.dumps(out))
     """
