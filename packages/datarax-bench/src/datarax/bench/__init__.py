@@ -24,6 +24,11 @@ from datarax.bench._compare import (
     RatioChange as RatioChange,
     compare_results as compare_results,
 )
+from datarax.bench._consumers import (
+    Consumer as Consumer,
+    batch_sharding as batch_sharding,
+    consumer_of as consumer_of,
+)
 from datarax.bench._datarax import (
     DataraxAdapter as DataraxAdapter,
     DataraxScanAdapter as DataraxScanAdapter,
@@ -56,6 +61,7 @@ __all__ = [
     "ADAPTERS",
     "SCENARIOS",
     "Adapter",
+    "Consumer",
     "DataraxAdapter",
     "DataraxScanAdapter",
     "FloorAdapter",
@@ -65,9 +71,11 @@ __all__ = [
     "Scenario",
     "apply_jax",
     "apply_numpy",
+    "batch_sharding",
     "build_pipeline",
     "classify_rss_comparison",
     "compare_results",
+    "consumer_of",
     "endless",
     "load_results",
     "measure_cell",
