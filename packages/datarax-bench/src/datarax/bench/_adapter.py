@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import importlib.util
 import sys
 from collections.abc import Callable, Iterator
@@ -151,7 +152,7 @@ class IteratorAdapter(Adapter):
         iterator is timed on the same work; the run ends when its result is ready.
         """
         if self._step is None:
-            self._step = jax.jit(self.consumer.step)
+            self._step = _jitted(self.consumer.step)
             self._state = self.consumer.init()
         records = 0
         pending: list[Any] = []  # states of the steps in flight
@@ -173,6 +174,16 @@ class IteratorAdapter(Adapter):
             {k: np.asarray(v) for k, v in self._next().items()}
             for _ in range(num_batches)
         ]
+
+
+@functools.cache
+def _jitted(step: Callable[[Any, Batch], Any]) -> Callable[[Any, Batch], Any]:
+    """One ``jax.jit`` per consumer step, shared by every adapter in the process.
+
+    A new ``jax.jit`` wrapper per adapter would trace and compile the same step
+    again for every adapter a test or a run sets up.
+    """
+    return jax.jit(step)
 
 
 def to_device(batch: dict[str, Any]) -> Batch:
