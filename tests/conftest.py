@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -132,6 +133,31 @@ def run_once(
 ) -> Callable[[str, Callable[[Path], None]], Path]:
     """``run_once(name, make)``: :func:`once_per_run` for this test run."""
     return lambda name, make: once_per_run(tmp_path_factory, name, make)
+
+
+@pytest.fixture(scope="session")
+def run_on_devices() -> Callable[..., dict]:
+    """``run_on_devices(script, *args, devices=n)``: the JSON a script printed last.
+
+    Runs ``python -c script *args`` on ``n`` forced CPU devices (the suite's
+    XLA flags kept), fails the test with the end of its stderr if it fails.
+    """
+
+    def run(script: str, *args: str, devices: int, timeout: float = 300) -> dict:
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        flags = os.environ.get("XLA_FLAGS", "")
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}"
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    return run
 
 
 @pytest.fixture

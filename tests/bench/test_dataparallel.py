@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -56,23 +53,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_every_adapter_trains_the_same_mlp_on_sharded_batches():
+def test_every_adapter_trains_the_same_mlp_on_sharded_batches(run_on_devices):
     names = ["Floor", "Datarax", "Datarax-scan", "Grain", "NumPy-loop"]
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-        + " --xla_force_host_platform_device_count=8",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *names],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_on_devices(SCRIPT, *names, devices=8)
     # A loader that shards no batches is skipped, never run on less work.
     assert "shards them over 8" in out["skipped"].pop("NumPy-loop")
     if ADAPTERS["Grain"].missing() is not None:

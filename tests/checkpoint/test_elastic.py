@@ -84,7 +84,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_a_checkpoint_of_two_processes_resumes_on_four_devices_at_other_batch_sizes(
-    tmp_path,
+    tmp_path, run_on_devices
 ):
     path = str(tmp_path / "ck.npz")
     address = f"127.0.0.1:{_free_port()}"
@@ -104,17 +104,7 @@ def test_a_checkpoint_of_two_processes_resumes_on_four_devices_at_other_batch_si
         assert saver.returncode == 0, err[-3000:]
         assert json.loads(out.strip().splitlines()[-1]) == {"position": 24}
 
-    flags = os.environ.get("XLA_FLAGS", "")  # the suite's (tests/conftest.py)
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=4"
-    done = subprocess.run(
-        [sys.executable, "-c", RESTORE, path],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_on_devices(RESTORE, path, devices=4, timeout=180)
     assert result["devices"] == 4 and result["position"] == 24
     # The next 24 records: the same in batches of 12 over 4 devices, in batches of
     # 4 on one device, and in a pipeline that never saw a checkpoint.

@@ -11,7 +11,6 @@ protocol, so it imports nothing above it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -24,7 +23,13 @@ from jax.sharding import NamedSharding
 from datarax.core._keys import RunKeys, host_shuffle_key, run_keys
 from datarax.core._records import RecordContext, batch_positions, record_context
 from datarax.core._sharding import constrain, read_on_devices
-from datarax.core._source import MAX_POSITION, Batch, DataSource, SourceBase
+from datarax.core._source import (
+    MAX_POSITION,
+    Batch,
+    DataSource,
+    SourceBase,
+    checked_read,
+)
 from datarax.core._stages import checked_output
 
 
@@ -151,33 +156,6 @@ def read_records(stream: Stream, window: Window, start: Any, count: int) -> Batc
     return checked_read(source, raw, count)
 
 
-def checked_read(source: SourceBase, raw: Any, count: int) -> Batch:
-    """Refuses a read that is not ``count`` records of the source's element spec."""
-    name = type(source).__name__
-    if not isinstance(raw, Mapping):
-        raise TypeError(
-            f"{name}.read returned a {type(raw).__name__}; a read returns a batch: "
-            "a dict of field name -> array with the records on axis 0."
-        )
-    spec = source.element_spec
-    if set(raw) != set(spec):
-        raise ValueError(
-            f"{name}.read returned the fields {sorted(raw)}, but its element_spec "
-            f"declares {sorted(spec)}; make the two agree."
-        )
-    for field, want in spec.items():
-        shape = tuple(getattr(raw[field], "shape", ()))
-        dtype = getattr(raw[field], "dtype", None)
-        if shape != (count, *want.shape) or dtype != want.dtype:
-            raise ValueError(
-                f"{name}.read returned field {field!r} as {dtype}{list(shape)} for "
-                f"{count} records, but its element_spec declares {want.dtype}"
-                f"{list(want.shape)} per record; a read of n records returns "
-                "[n, *record shape] of the declared dtype."
-            )
-    return dict(raw)
-
-
 def read_chunk(stream: Stream, window: Window, start: Any, batches: int) -> Batch:
     """``batches`` batches of records from ``start``: ``[batches, batch_size, ...]``.
 
@@ -185,20 +163,25 @@ def read_chunk(stream: Stream, window: Window, start: Any, batches: int) -> Batc
     device for its own slice (see ``read_on_devices``).
     """
     size = stream.batch_size
-    source: DataSource = stream.source  # type: ignore[assignment]
-    if stream.sharding is not None and source.reads_on_host:
+    if _read_per_device(stream):
+        source: DataSource = stream.source  # type: ignore[assignment]
+        sharding: NamedSharding = stream.sharding  # type: ignore[assignment]
         return read_on_devices(
-            source, window.plan, window.keys.shuffle, stream.sharding,
-            start, batches, size, checked_read,
-        )  # fmt: skip
+            source, window.plan, window.keys.shuffle, sharding, start, batches, size
+        )
     raw = read_records(stream, window, start, batches * size)
     return {k: v.reshape(batches, size, *v.shape[1:]) for k, v in raw.items()}
+
+
+def _read_per_device(stream: Stream) -> bool:
+    """Whether each device reads its own slice (a host source under a sharding)."""
+    return stream.sharding is not None and stream.source.reads_on_host
 
 
 def read_batch(stream: Stream, window: Window, start: jax.Array) -> Batch:
     """This process's slice of the batch at stream position ``start``, staged."""
     local, low = _local_size(stream)
-    if stream.sharding is not None and stream.source.reads_on_host:
+    if _read_per_device(stream):
         raw = {k: v[0] for k, v in read_chunk(stream, window, start, 1).items()}
     else:
         raw = read_records(stream, window, start + low, local)

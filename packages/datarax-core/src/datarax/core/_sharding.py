@@ -14,7 +14,6 @@ slice, so each JAX process reads only what its devices hold.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -23,7 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from datarax.core._source import Batch, DataSource, DataVar
+from datarax.core._source import Batch, DataSource, DataVar, checked_read
 
 
 def check_sharding(
@@ -142,17 +141,16 @@ def constrain(batch: Batch, sharding: NamedSharding | None) -> Batch:
 def read_on_devices(
     source: DataSource, plan: Any, key: jax.Array | None, sharding: NamedSharding,
     start: jax.Array, batches: int, batch_size: int,
-    check: Callable[[DataSource, Batch, int], Batch],
 ) -> Batch:  # fmt: skip
     """``batches`` global batches from ``start``, each device reading its slice.
 
     For sources that read on the host (``reads_on_host``): under ``shard_map``
     every device calls the source's host read for the records of its own slice
     of each batch, so each JAX process reads only what its devices hold, and
-    nothing is gathered on one device. ``check(source, read, count)`` vets each
-    device's read against the source's element spec. Returns ``[batches,
-    batch_size, ...]`` per field, sharded on axis 1. Devices that hold the same
-    slice (mesh axes the batch is not split over) each read it.
+    nothing is gathered on one device; each device's read is checked against
+    the source's element spec. Returns ``[batches, batch_size, ...]`` per field,
+    sharded on axis 1. Devices that hold the same slice (mesh axes the batch is
+    not split over) each read it.
     """
     axes = batch_axes(sharding)
     local = batch_size // batch_shards(sharding)
@@ -169,7 +167,7 @@ def read_on_devices(
             + jnp.arange(local, dtype=jnp.int32)[None, :]
         )
         positions = (start + offsets).reshape(-1)
-        raw = check(
+        raw = checked_read(
             device_source, device_source.read_at(plan, positions, key), positions.size
         )
         return {k: v.reshape(batches, local, *v.shape[1:]) for k, v in raw.items()}

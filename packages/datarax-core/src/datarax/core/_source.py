@@ -16,7 +16,8 @@ shape of one record):
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -316,3 +317,30 @@ def _checked_start(start: object) -> jax.Array:
                 "epoch without a word."
             )
     return jnp.asarray(start, jnp.int32)
+
+
+def checked_read(source: SourceBase, raw: Any, count: int) -> Batch:
+    """Refuses a read that is not ``count`` records of the source's element spec."""
+    name = type(source).__name__
+    if not isinstance(raw, Mapping):
+        raise TypeError(
+            f"{name}.read returned a {type(raw).__name__}; a read returns a batch: "
+            "a dict of field name -> array with the records on axis 0."
+        )
+    spec = source.element_spec
+    if set(raw) != set(spec):
+        raise ValueError(
+            f"{name}.read returned the fields {sorted(raw)}, but its element_spec "
+            f"declares {sorted(spec)}; make the two agree."
+        )
+    for field, want in spec.items():
+        shape = tuple(getattr(raw[field], "shape", ()))
+        dtype = getattr(raw[field], "dtype", None)
+        if shape != (count, *want.shape) or dtype != want.dtype:
+            raise ValueError(
+                f"{name}.read returned field {field!r} as {dtype}{list(shape)} for "
+                f"{count} records, but its element_spec declares {want.dtype}"
+                f"{list(want.shape)} per record; a read of n records returns "
+                "[n, *record shape] of the declared dtype."
+            )
+    return dict(raw)
