@@ -30,6 +30,10 @@ settings.load_profile("datarax")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Host stages run in spawned worker processes must be importable by name there:
+# they live in tests/helpers, which spawned children find on the inherited path.
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+
 # Marked ``once``: scripts/test.sh runs them in its first pass only (the second
 # Python, with the other jax and flax, runs -m "not once"). The second pass checks
 # the library under the other versions: its unit tests (core, sources, operators,

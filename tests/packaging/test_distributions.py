@@ -50,6 +50,8 @@ HEAVY_MODULES = [
     "orbax",
     "optax",
     "psutil",
+    "PIL",
+    "tokenizers",
 ]
 VERSION = (ROOT / "VERSION").read_text().strip()
 

@@ -4,6 +4,7 @@ from datarax.core._dtypes import convert_for_jax, jax_dtype
 from datarax.core._iterable import IterableSource
 from datarax.core._keys import as_key, fold_in_host
 from datarax.core._pipeline import Pipeline, StreamVar
+from datarax.core._records import operator_key_data
 from datarax.core._scan import default_unroll
 from datarax.core._source import (
     Batch,
@@ -31,4 +32,5 @@ __all__ = [
     "describe_source",
     "fold_in_host",
     "jax_dtype",
+    "operator_key_data",
 ]

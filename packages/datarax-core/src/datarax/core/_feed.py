@@ -152,8 +152,20 @@ def read_records(stream: Stream, window: Window, start: Any, count: int) -> Batc
     contradict its ``element_spec`` is named here, not blamed on a stage later.
     """
     source: DataSource = stream.source  # type: ignore[assignment]
-    raw = source.read(window.plan, start, count, window.keys.shuffle)
+    with _reading(stream, window, start, count):
+        raw = source.read(window.plan, start, count, window.keys.shuffle)
     return checked_read(source, raw, count)
+
+
+def _reading(stream: Stream, window: Window, start: Any, count: int) -> Any:
+    """The record context of a read: sources with host stages draw from its key."""
+    context = RecordContext(
+        positions=batch_positions(start, count),
+        source_length=len(stream.source),
+        op_key=window.keys.ops,
+        identities={},
+    )
+    return record_context(context)
 
 
 def read_chunk(stream: Stream, window: Window, start: Any, batches: int) -> Batch:
@@ -166,9 +178,10 @@ def read_chunk(stream: Stream, window: Window, start: Any, batches: int) -> Batc
     if _read_per_device(stream):
         source: DataSource = stream.source  # type: ignore[assignment]
         sharding: NamedSharding = stream.sharding  # type: ignore[assignment]
-        return read_on_devices(
-            source, window.plan, window.keys.shuffle, sharding, start, batches, size
-        )
+        with _reading(stream, window, start, batches * size):
+            return read_on_devices(
+                source, window.plan, window.keys.shuffle, sharding, start, batches, size
+            )
     raw = read_records(stream, window, start, batches * size)
     return {k: v.reshape(batches, size, *v.shape[1:]) for k, v in raw.items()}
 

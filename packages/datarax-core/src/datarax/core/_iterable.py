@@ -29,6 +29,8 @@ class IterableSource(SourceBase):
     #: What to use instead, named in the errors of compiled modes.
     random_access_alternative: str = "a random-access source over the same data"
 
+    serves_host_batches = True
+
     def iter_epoch(
         self, epoch: int, key_data: np.ndarray | None, skip: int
     ) -> Iterator[dict[str, np.ndarray]]:

@@ -22,7 +22,7 @@ from datarax.core._compiled import (
 from datarax.core._feed import Stream, host_plan, records_due, write_position
 from datarax.core._graph import Graph, GraphSpec
 from datarax.core._iterable import IterableSource
-from datarax.core._keys import host_shuffle_key
+from datarax.core._keys import OPERATOR_STREAM, fold_in_host, host_shuffle_key
 from datarax.core._source import Batch
 
 #: At most this many batches are computed per dispatch. Each batch is an output
@@ -37,7 +37,7 @@ CHUNK_BYTES = 32 * 2**20
 
 def iterate(stream: Stream) -> Iterator[Batch]:
     """The iterator that suits the pipeline's kind of source."""
-    if isinstance(stream.source, IterableSource):
+    if stream.source.serves_host_batches:
         return StreamIterator(stream)
     return PipelineIterator(stream)
 
@@ -128,9 +128,11 @@ def _build_chunk(spec: GraphSpec, graph: Graph) -> Compiled:
 
 
 class StreamIterator:
-    """Serves a pipeline over an :class:`~datarax.core.IterableSource`.
+    """Serves a pipeline over a source of host batches.
 
-    Reads host batches from ``source.host_batches`` (opened at the pipeline's
+    For an :class:`~datarax.core.IterableSource`, or a random-access source
+    whose host work runs ahead on workers (``serves_host_batches``). Reads host
+    batches from ``source.host_batches`` (opened at the pipeline's
     position, reopened whenever the position moved under it, e.g. after a
     restored checkpoint), then runs the stages in one cached compiled function
     per batch, with the same positions and keys as a random-access pipeline. A
@@ -155,9 +157,12 @@ class StreamIterator:
         if self._records is None or position != self._position:
             if self._records is not None:
                 self._records.close()  # release the backend's reader now
-            key = host_shuffle_key(stream.key.get_raw_value(), stream.shuffle)
-            self._records = _generator(source.host_batches(position, batch_size, key))
-        raw = next(self._records, None)
+            self._records = _generator(_host_batches(stream, position))
+        try:
+            raw = next(self._records, None)
+        except BaseException:
+            self._records = None  # a failed read ends the generator: reopen next time
+            raise
         count = 0 if raw is None else len(next(iter(raw.values())))
         if raw is None or count < wanted:
             raise RuntimeError(
@@ -175,6 +180,19 @@ class StreamIterator:
         write_position(stream, position + wanted)
         self._position = position + wanted
         return batch
+
+
+def _host_batches(stream: Stream, position: int) -> Iterator[dict[str, np.ndarray]]:
+    """The source's host batches from ``position``, with the keys they need."""
+    seed = stream.key.get_raw_value()
+    key = host_shuffle_key(seed, stream.shuffle)
+    source = stream.source
+    if isinstance(source, IterableSource):
+        return source.host_batches(position, stream.batch_size, key)
+    # A random-access source with host work (stages on workers) draws from the
+    # operator key every compiled read of it gets from its record context.
+    ops = fold_in_host(seed, OPERATOR_STREAM, stream.key_impl)
+    return source.host_batches(position, stream.batch_size, key, ops)  # type: ignore[attr-defined]
 
 
 def _generator(batches: Iterator) -> Generator:

@@ -150,6 +150,17 @@ def current_context() -> RecordContext | None:
     return stack[-1] if stack else None
 
 
+def operator_key_data() -> jax.Array | None:
+    """The data of the pipeline's operator key, while a pipeline reads or stages.
+
+    For sources that draw per-record randomness themselves (host stages): the
+    key every stochastic operator's per-record keys derive from, as raw key
+    data (traced inside compiled runs). ``None`` outside a pipeline.
+    """
+    context = current_context()
+    return None if context is None else jax.random.key_data(context.op_key)
+
+
 def batch_positions(start: jax.Array, batch_size: int) -> jax.Array:
     """Stream positions ``start .. start+batch_size-1`` as int32."""
     return jnp.asarray(start, jnp.int32) + jnp.arange(batch_size, dtype=jnp.int32)

@@ -85,6 +85,11 @@ class SourceBase(nnx.Module):
     #: records its devices hold; other sources are read by XLA on each device.
     reads_on_host: bool = False
 
+    #: Whether iteration reads this source's records as NumPy batches on the
+    #: host (``host_batches``) and compiles only the stages: iteration-only
+    #: sources, and sources whose host work runs ahead on workers.
+    serves_host_batches: bool = False
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         old = sorted(set(vars(cls)) & set(_RENAMED_HOOKS))

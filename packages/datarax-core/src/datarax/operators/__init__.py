@@ -1,6 +1,8 @@
 """Stages that transform records: per-record functions, image operators, control.
 
 * :class:`ElementOperator`: your own ``fn(record, key) -> record``;
+* :class:`HostOperator`: your own ``fn(record, rng) -> record`` in plain Python,
+  run on host workers before the compiled stages (decode, tokenize);
 * :class:`RecordOperator`: the base class of operators that transform each record;
 * image colour: :class:`Brightness`, :class:`Contrast`, :class:`Saturation`,
   :class:`ColorJitter`, :class:`Normalize`;
@@ -38,6 +40,7 @@ from datarax.operators._geometry import (
     Rotation,
     VerticalFlip,
 )
+from datarax.operators._host import HostOperator
 from datarax.operators._noise import Cutout, GaussianNoise, PixelDropout
 from datarax.operators._record import RecordOperator
 from datarax.operators._wiring import Concatenate, Mean, parallel
@@ -53,6 +56,7 @@ __all__ = [
     "ElementOperator",
     "GaussianNoise",
     "HorizontalFlip",
+    "HostOperator",
     "Loudness",
     "Mean",
     "MixUp",

@@ -346,7 +346,8 @@ def _to_numpy(name: str, column: Any) -> np.ndarray:
         raise ValueError(
             f"HFSource: column {name!r} holds {what}, which cannot be a JAX array; "
             f"{_WHAT_TO_DO}. Structs (Image, Audio) must be decoded to fixed-shape "
-            "arrays in ds.map(...) first."
+            "arrays in ds.map(...) first; or read the rows with hf.HFRecords and "
+            "decode or tokenize them in host stages (datarax.sources.HostMapSource)."
         )
     return array.to_numpy(zero_copy_only=False).reshape(shape)
 

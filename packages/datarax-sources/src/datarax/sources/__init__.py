@@ -4,14 +4,24 @@ from typing import Any
 
 from datarax.sources._disk import StreamingDiskSource
 from datarax.sources._eager import EagerSourceBase
+from datarax.sources._folder import ImageFolderSource
 from datarax.sources._host import HostSourceBase
+from datarax.sources._hostmap import HostMapSource
+from datarax.sources._hostpool import HostStats
+from datarax.sources._hostrecords import HostRecordSource
+from datarax.sources._hostwork import HostStageError
 from datarax.sources._memory import MemorySource
 from datarax.sources._mix import MixDataSourcesNode
 from datarax.sources._order import OrderedSource
 
 __all__ = [
     "EagerSourceBase",
+    "HostMapSource",
+    "HostRecordSource",
     "HostSourceBase",
+    "HostStageError",
+    "HostStats",
+    "ImageFolderSource",
     "MemorySource",
     "MixDataSourcesNode",
     "OrderedSource",

@@ -1,0 +1,328 @@
+"""``HostWorkers``: the worker pool of a host-mapped source, reads in stream order.
+
+A read asks for the records at some stream positions. The pool splits them into
+tasks, runs the tasks on its workers (threads, or processes when asked), and puts
+the results back in position order, so the output never depends on the worker
+count or on which worker finished first. After a read of a window of consecutive
+positions it starts the next ``prefetch`` windows of the same size: a
+pipeline reads its stream in order, so the workers prepare the next batch (or
+chunk) while the caller uses this one. A read that does not continue the
+prepared windows cancels them; nothing prepared ever changes what a read returns
+(a record's output depends on its position and the keys alone).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as futures
+import contextlib
+import functools
+import math
+import multiprocessing
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from datarax.sources._hostwork import (
+    FieldSpec,
+    Task,
+    TaskResult,
+    init_process,
+    run_in_process,
+    run_task,
+)
+from datarax.sources._order import epoch_table_host
+
+#: The last stream position (int32 positions).
+_LAST_POSITION = 2**31 - 1
+#: Tasks per worker in one read: smaller tasks even out records of unequal cost.
+TASKS_PER_WORKER = 2
+
+
+@dataclass
+class HostStats:
+    """Where a host-mapped source's time went since it was made (or reset).
+
+    Times in the stages are summed over workers (CPU-ish seconds); ``waited``
+    is the time callers spent blocked on results, the part the workers did not
+    hide. ``records_per_second`` is records served over the time since the
+    first read.
+    """
+
+    records: int = 0
+    read_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    waited: float = 0.0
+    reads: int = 0
+    prefetched_reads: int = 0  # reads whose work had started ahead of the call
+    in_flight: int = 0  # records being prepared ahead right now
+    records_per_second: float = 0.0
+
+    def bottleneck(self) -> str:
+        """The stage (or ``"read"``) that took the most time."""
+        times = {"read": self.read_seconds, **self.stage_seconds}
+        return max(times, key=times.__getitem__)
+
+
+class HostWorkers:
+    """A pool of host workers that runs a record source's host stages in order.
+
+    Made lazily: no thread or process starts before the first read. Held by a
+    :class:`~datarax.sources.HostMapSource` behind a plain attribute, so it never
+    enters nnx state; it shuts its pool down when closed or collected.
+    """
+
+    def __init__(
+        self,
+        records: Any,
+        stages: Sequence[Any],
+        spec: Mapping[str, FieldSpec],
+        *,
+        workers: int,
+        processes: bool,
+        prefetch: int,
+    ):
+        self.records, self.stages, self.spec = records, tuple(stages), dict(spec)
+        self.length = len(records)
+        self.workers, self.processes, self.prefetch = workers, processes, prefetch
+        self._lock = threading.RLock()
+        self._pool: list[futures.Executor] = []  # shared with the finalizer
+        self._pending: collections.OrderedDict[tuple, list[futures.Future]] = (
+            collections.OrderedDict()
+        )
+        self._stats = HostStats(stage_seconds={s.name: 0.0 for s in self.stages})
+        self._first_read: float | None = None
+
+    def close_with(self, owner: object) -> None:
+        """Shuts the pool down when ``owner`` is collected.
+
+        Tied to the source module the user made, not to this object: compiled
+        programs cached across pipelines keep their graphs' static attributes
+        (this object among them) alive after the pipeline is gone.
+        """
+        weakref.finalize(owner, _shutdown, self._pool)
+
+    # -- reads -------------------------------------------------------------------
+
+    def window(
+        self,
+        start: int,
+        count: int,
+        shuffle: np.ndarray | None,
+        seed: np.ndarray | None,
+    ) -> dict[str, np.ndarray]:
+        """The host stages' output for stream positions ``start .. start+count-1``.
+
+        Starts the next ``prefetch`` windows of ``count`` positions before
+        waiting for this one.
+        """
+        key = _window_key(start, count, shuffle, seed)
+        with self._lock, self._reporting_death():
+            jobs = self._pending.pop(key, None)
+            prefetched = jobs is not None
+            if jobs is None:
+                self._cancel_pending()
+                jobs = self._submit(np.arange(start, start + count), shuffle, seed)
+            else:
+                # Windows before this one will never be asked for again.
+                while self._pending and next(iter(self._pending))[0] < start:
+                    self._cancel(self._pending.popitem(last=False)[1])
+            for ahead in range(1, self.prefetch + 1):
+                first = start + ahead * count
+                ahead_key = _window_key(first, count, shuffle, seed)
+                if first + count - 1 > _LAST_POSITION or ahead_key in self._pending:
+                    continue
+                positions = np.arange(first, first + count)
+                self._pending[ahead_key] = self._submit(positions, shuffle, seed)
+            return self._collect(jobs, count, prefetched)
+
+    def at(
+        self, positions: np.ndarray, shuffle: np.ndarray | None, seed: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        """The host stages' output for arbitrary stream ``positions`` (no prefetch)."""
+        with self._lock, self._reporting_death():
+            jobs = self._submit(np.asarray(positions, np.int64), shuffle, seed)
+            return self._collect(jobs, len(positions), False)
+
+    def indices(self, positions: np.ndarray, shuffle: np.ndarray | None) -> np.ndarray:
+        """Record index at each stream position (natural order, or shuffled)."""
+        positions = np.asarray(positions, np.int64)
+        if shuffle is None:
+            return positions % self.length
+        epochs, offsets = np.divmod(positions, self.length)
+        out = np.empty_like(positions)
+        key = np.asarray(shuffle, np.uint32).tobytes()
+        for epoch in np.unique(epochs):
+            table = _table(key, int(epoch), self.length)
+            chosen = epochs == epoch
+            out[chosen] = table[offsets[chosen]]
+        return out
+
+    # -- the pool ------------------------------------------------------------------
+
+    def _executor(self) -> futures.Executor:
+        if not self._pool:
+            if self.processes:
+                # spawn: a forked child of a process running JAX's threads can
+                # deadlock, and JAX warns on fork.
+                pool: futures.Executor = futures.ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=init_process,
+                    initargs=(self.records, self.stages, self.spec),
+                )
+            else:
+                pool = futures.ThreadPoolExecutor(
+                    max_workers=self.workers, thread_name_prefix="datarax-host"
+                )
+            self._pool.append(pool)
+        return self._pool[0]
+
+    def _submit(
+        self, positions: np.ndarray, shuffle: np.ndarray | None, seed: np.ndarray | None
+    ) -> list[futures.Future]:
+        pool = self._executor()
+        indices = self.indices(positions, shuffle)
+        size = max(1, math.ceil(len(positions) / (self.workers * TASKS_PER_WORKER)))
+        jobs = []
+        for low in range(0, len(positions), size):
+            task = Task(
+                positions[low : low + size],
+                indices[low : low + size],
+                self.length,
+                seed,
+            )
+            if self.processes:
+                jobs.append(pool.submit(run_in_process, task))
+            else:
+                jobs.append(
+                    pool.submit(run_task, self.records, self.stages, self.spec, task)
+                )
+        return jobs
+
+    def _collect(
+        self, jobs: list[futures.Future], count: int, prefetched: bool
+    ) -> dict[str, np.ndarray]:
+        tick = time.perf_counter()
+        if self._first_read is None:
+            self._first_read = tick
+        try:
+            results: list[TaskResult] = [job.result() for job in jobs]
+        except BaseException:
+            self._cancel(jobs)
+            self._cancel_pending()
+            raise
+        stats = self._stats
+        stats.waited += time.perf_counter() - tick
+        stats.reads += 1
+        stats.prefetched_reads += prefetched
+        stats.records += count
+        for result in results:
+            stats.read_seconds += result.seconds[0]
+            for stage, seconds in zip(self.stages, result.seconds[1:], strict=True):
+                stats.stage_seconds[stage.name] += seconds
+        return {
+            name: np.concatenate([r.fields[name] for r in results])
+            for name in self.spec
+        }
+
+    def _cancel(self, jobs: list[futures.Future]) -> None:
+        for job in jobs:
+            job.cancel()
+
+    def _cancel_pending(self) -> None:
+        while self._pending:
+            self._cancel(self._pending.popitem()[1])
+
+    def cancel_prefetch(self) -> None:
+        """Drops the work started ahead (a reader stopped reading)."""
+        with self._lock:
+            self._cancel_pending()
+
+    @contextlib.contextmanager
+    def _reporting_death(self) -> Iterator[None]:
+        """Turns a dead worker process into an error that says what happened."""
+        try:
+            yield
+        except BrokenProcessPool as err:
+            self._cancel_pending()
+            _shutdown(self._pool)
+            raise RuntimeError(
+                "a host worker process died (killed, or exited without raising: "
+                "os._exit, a crash in native code, out of memory) while running "
+                f"the host stages {[s.name for s in self.stages]}. Nothing was "
+                "served from the failed read, so no record is lost or repeated; "
+                "the next read starts new workers. The system log says which "
+                "signal ended it (dmesg, for the OOM killer)."
+            ) from err
+
+    # -- visibility and shutdown -------------------------------------------------
+
+    def stats(self) -> HostStats:
+        """A copy of the counters, with the current rate."""
+        with self._lock:
+            now = time.perf_counter()
+            stats = HostStats(**{**self._stats.__dict__})
+            stats.stage_seconds = dict(self._stats.stage_seconds)
+            stats.in_flight = sum(key[1] for key in self._pending)
+            if self._first_read is not None and now > self._first_read:
+                stats.records_per_second = stats.records / (now - self._first_read)
+            return stats
+
+    def close(self) -> None:
+        """Cancels prepared work and stops the workers (a new read restarts them)."""
+        with self._lock:
+            self._cancel_pending()
+            _shutdown(self._pool)
+
+    def __deepcopy__(self, memo: dict) -> HostWorkers:
+        # A copied pipeline gets its own (not yet started) pool.
+        return HostWorkers(
+            self.records,
+            self.stages,
+            self.spec,
+            workers=self.workers,
+            processes=self.processes,
+            prefetch=self.prefetch,
+        )
+
+    def __getstate__(self) -> dict:
+        raise TypeError("HostWorkers holds a worker pool and cannot be pickled.")
+
+
+def default_workers() -> int:
+    """Workers when not given: the cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _shutdown(pool: list[futures.Executor]) -> None:
+    while pool:
+        pool.pop().shutdown(wait=True, cancel_futures=True)
+
+
+def _window_key(start: int, count: int, shuffle: Any, seed: Any) -> tuple:
+    return (
+        int(start),
+        int(count),
+        None if shuffle is None else np.asarray(shuffle).tobytes(),
+        None if seed is None else np.asarray(seed).tobytes(),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _table(key: bytes, epoch: int, length: int) -> np.ndarray:
+    """One epoch's permutation, the same as every other shuffling source's."""
+    return epoch_table_host(np.frombuffer(key, np.uint32), epoch, length).astype(
+        np.int64
+    )
