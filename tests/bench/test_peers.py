@@ -21,6 +21,7 @@ import pytest
 from datarax.bench._adapter import Adapter
 from datarax.bench._peers import (
     GrainAdapter,
+    GrainProcessesAdapter,
     HFDatasetsAdapter,
     SPDLAdapter,
     TFDataAdapter,
@@ -31,6 +32,7 @@ from datarax.bench._scenarios import SCENARIOS, Scenario, Variant, output_spec
 
 PEERS: list[type[Adapter]] = [
     GrainAdapter,
+    GrainProcessesAdapter,
     TFDataAdapter,
     TorchAdapter,
     SPDLAdapter,

@@ -17,7 +17,20 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from datarax import Pipeline
     from datarax.operators import ElementOperator
-    from datarax.sources import MemorySource, StreamingDiskSource
+    from datarax.operators import HostOperator
+    from datarax.sources import (
+        HostMapSource, HostRecordSource, MemorySource, StreamingDiskSource)
+
+    class Rows(HostRecordSource):  # host records: a string per record
+        def __len__(self):
+            return 40
+
+        def record(self, index):
+            return {"text": "x" * index}
+
+    def measure(record, rng):  # a stochastic host stage
+        return {"x": np.float32([len(record["text"]), rng.random(), 0.0]),
+                "label": len(record["text"])}
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharding = NamedSharding(mesh, P("data"))
@@ -44,11 +57,14 @@ SCRIPT = textwrap.dedent(
     folder = tempfile.mkdtemp()
     for name, array in data.items():
         np.save(f"{folder}/{name}.npy", array)
-    out = {}
+    out, unsharded = {}, {}
     for kind, make in [("memory", lambda: MemorySource(data)),
-                       ("disk", lambda: StreamingDiskSource(folder))]:
+                       ("disk", lambda: StreamingDiskSource(folder)),
+                       ("host", lambda: HostMapSource(
+                           Rows(), [HostOperator(measure, stochastic=True)]))]:
         batches, stacked = modes(build(make(), sharding))
         plain, plain_stacked = modes(build(make(), None))
+        unsharded[kind] = plain, plain_stacked
         out[kind] = {
             "equal": all(same(a, b) for a, b in zip(batches, plain))
             and same(stacked, plain_stacked),
@@ -63,6 +79,7 @@ SCRIPT = textwrap.dedent(
     # devices) or over both axes: the disk source read on each device.
     mesh2 = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
     out["mesh2"] = []
+    plain, plain_stacked = unsharded["disk"]
     for spec in (P("data"), P(("data", "model"))):
         disk = StreamingDiskSource(folder)
         batches, stacked = modes(build(disk, NamedSharding(mesh2, spec)))
@@ -90,7 +107,7 @@ def result(run_on_devices) -> dict:
     return run_on_devices(SCRIPT, devices=4)
 
 
-@pytest.mark.parametrize("kind", ["memory", "disk"])
+@pytest.mark.parametrize("kind", ["memory", "disk", "host"])
 def test_sharded_batches_equal_the_unsharded_ones_in_every_mode(result, kind):
     # Iteration, step() and scan; a shuffled stream with a stochastic stage.
     assert result[kind]["equal"]

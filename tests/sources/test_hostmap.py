@@ -289,3 +289,12 @@ def test_process_workers_serve_the_thread_stream_and_report_a_death(folder):
     del pipe, failing, dying, it
     gc.collect()
     assert multiprocessing.active_children() == []
+
+
+def test_a_dropped_pipeline_still_finishes_the_run_it_dispatched(folder):
+    # scan returns before its host callbacks ran; the pipeline is gone at once.
+    labels = pipeline(folder, workers=2).scan(lambda batch: batch["label"], length=5)
+    gc.collect()
+    assert np.asarray(labels).shape == (5, 6)
+    gc.collect()
+    assert _host_threads() == []

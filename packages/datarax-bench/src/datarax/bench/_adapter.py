@@ -71,6 +71,8 @@ class Adapter(abc.ABC):
     #: Whether the adapter serves global batches sharded over several devices
     #: (``Scenario.devices`` above 1, see ``batch_sharding``).
     shards_batches: ClassVar[bool] = False
+    #: Whether the adapter reads encoded files (``CV-JPEG``).
+    reads_files: ClassVar[bool] = False
 
     @classmethod
     def missing(cls) -> str | None:
@@ -82,6 +84,11 @@ class Adapter(abc.ABC):
 
     def unsupported(self, scenario: Scenario) -> str | None:
         """Why this loader cannot express ``scenario`` (never run lighter work)."""
+        if scenario.encoded and not self.reads_files:
+            return (
+                "reads arrays held in memory; "
+                f"{scenario.id} reads JPEG files (not written for this loader yet)"
+            )
         if scenario.devices > 1 and not self.shards_batches:
             return (
                 f"serves batches on one device; {scenario.id} shards them over "

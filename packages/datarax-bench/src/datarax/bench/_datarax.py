@@ -28,17 +28,25 @@ from datarax.bench._augment import (
     JITTER,
 )
 from datarax.bench._consumers import batch_sharding, consumer_of
+from datarax.bench._jpeg import decode_crop, default_workers, image_folder
 from datarax.bench._scenarios import SQUARE_SCALE, Scenario, apply_jax
 from datarax.operators import (
     ColorJitter,
     Cutout,
     ElementOperator,
     HorizontalFlip,
+    HostOperator,
     Normalize,
     RandomResizedCrop,
     RecordOperator,
 )
-from datarax.sources import MemorySource, MixDataSourcesNode, StreamingDiskSource
+from datarax.sources import (
+    HostMapSource,
+    ImageFolderSource,
+    MemorySource,
+    MixDataSourcesNode,
+    StreamingDiskSource,
+)
 
 
 def build_pipeline(
@@ -47,6 +55,7 @@ def build_pipeline(
     workdir: Path,
     *,
     seed: int = 0,
+    variant: str = "small",
 ) -> Pipeline:
     """The datarax pipeline that does ``scenario``'s work, endless.
 
@@ -64,10 +73,14 @@ def build_pipeline(
         data: ``scenario.data(variant)``.
         workdir: the folder holding the ``.npy`` files of an ``on_disk`` scenario.
         seed: seeds the shuffle order and the per-record keys.
+        variant: the scenario's size (read for ``encoded`` scenarios, whose
+            files are made per size).
 
     Returns:
         A pipeline with ``num_epochs=None``.
     """
+    if scenario.encoded:
+        return _jpeg_pipeline(scenario, variant, seed)
     if scenario.on_disk:
         source = StreamingDiskSource(workdir)
     elif scenario.mix_weights is not None:
@@ -103,6 +116,36 @@ def build_pipeline(
             ElementOperator(_transform(scenario), stochastic=scenario.stochastic)
         )
     return Pipeline(source=source, stages=stages, **common)
+
+
+def _jpeg_pipeline(scenario: Scenario, variant: str, seed: int) -> Pipeline:
+    """``CV-JPEG``: files decoded and cropped by host workers, normalized on device.
+
+    The decode, crop and flip run per record in a stochastic ``HostOperator`` on
+    ``HostMapSource``'s threads (one per core; Pillow releases the GIL), which
+    prepare the next two reads ahead; ``Normalize`` runs compiled on the batch.
+    Measured on 2 cores, cropping on the host beat decoding there and cropping
+    on the device with ``RandomResizedCrop`` (549 against 298 images/s): the
+    device crop of a 256x256 batch competes with the decoders for the cores.
+    """
+    files = ImageFolderSource(image_folder(scenario.variants[variant].num_records))
+    crop = HostOperator(_decode_crop_record, stochastic=True, name="decode_crop")
+    source = HostMapSource(files, [crop], workers=default_workers())
+    normalize = Normalize(
+        mean=-scenario.shift / scenario.scale, std=1 / scenario.scale, field="image"
+    )
+    return Pipeline(
+        source=source,
+        stages=[normalize],
+        batch_size=scenario.batch_size,
+        shuffle=scenario.shuffle,
+        num_epochs=None,
+        rngs=nnx.Rngs(seed),
+    )
+
+
+def _decode_crop_record(record: dict, rng: np.random.Generator) -> dict:
+    return {"image": decode_crop(record["image"], rng), "label": record["label"]}
 
 
 def operator_stages(scenario: Scenario) -> list[RecordOperator]:
@@ -186,6 +229,8 @@ def _structure(pipe: Pipeline) -> dict[str, Any]:
 
 
 def _source_name(scenario: Scenario) -> str:
+    if scenario.encoded:
+        return "HostMapSource(ImageFolderSource, decode_crop on threads)"
     if scenario.on_disk:
         return "StreamingDiskSource"
     if scenario.mix_weights is not None:
@@ -203,6 +248,7 @@ class _PipelineAdapter(Adapter):
     kind = "datarax"
     modules = ()
     shards_batches = True
+    reads_files = True
     mode: str  # how the pipeline is consumed, for the report
 
     def __init__(self, *, seed: int = 0):
@@ -218,7 +264,9 @@ class _PipelineAdapter(Adapter):
         workdir: Path,
     ) -> None:
         """Builds the pipeline (see :func:`build_pipeline`)."""
-        self._pipe = build_pipeline(scenario, data, workdir, seed=self._seed)
+        self._pipe = build_pipeline(
+            scenario, data, workdir, seed=self._seed, variant=variant
+        )
         self.consumer = consumer_of(scenario)
         self._settings = {
             "mode": self.mode,
@@ -229,6 +277,12 @@ class _PipelineAdapter(Adapter):
     def settings(self) -> dict[str, Any]:
         """How the pipeline is consumed and what it reads."""
         return dict(self._settings)
+
+    def close(self) -> None:
+        """Stops a host-mapped source's workers."""
+        source = getattr(getattr(self, "_pipe", None), "source", None)
+        if isinstance(source, HostMapSource):
+            source.close()
 
 
 @register_adapter

@@ -13,6 +13,7 @@ can be cheaper, so the Floor's time is the unit of every ratio in a report.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from datarax.bench._adapter import Adapter, register_adapter
 from datarax.bench._consumers import Consumer, batch_sharding, consumer_of
+from datarax.bench._jpeg import HandLoop
 from datarax.bench._scenarios import Scenario, apply_jax
 
 #: The unroll factors the Floor tries; on XLA:CPU the factor alone can change an
@@ -52,6 +54,7 @@ class FloorAdapter(Adapter):
     name = "Floor"
     kind = "floor"
     shards_batches = True
+    reads_files = True
 
     def __init__(self, *, unroll: int | None = None, seed: int = 0):
         self._fixed_unroll = unroll
@@ -68,6 +71,14 @@ class FloorAdapter(Adapter):
     ) -> None:
         """Puts the records on the device and picks the fastest unroll factor."""
         self._scenario = scenario
+        self._hand: HandLoop | None = None
+        if scenario.encoded:  # JPEG files: a hand-written host loop (see HandLoop)
+            count = scenario.variants[variant].num_records
+            self._hand = HandLoop(count, scenario.batch_size, self._seed)
+            self._consumer = consumer_of(scenario)
+            self._state = self._consumer.init()
+            self.unroll = 1
+            return
         self._lengths = tuple(len(next(iter(d.values()))) for d in data)
         arrays = {name: np.concatenate([d[name] for d in data]) for name in data[0]}
         # Sharded batches: the records replicated on every device of the mesh,
@@ -107,14 +118,33 @@ class FloorAdapter(Adapter):
 
     def run(self, num_batches: int) -> int:
         """Serves ``num_batches`` batches in one compiled call; returns records."""
+        if self._hand is not None:
+            scenario = self._scenario
+            step = _normalized_step(self._consumer.step, scenario.scale, scenario.shift)
+            for _ in range(num_batches):
+                self._state = step(self._state, self._hand.next_batch())
+            jax.block_until_ready(self._state)
+            return num_batches * self._scenario.batch_size
         out = self._call(num_batches, self.unroll, emit=False)
         jax.block_until_ready(out)
         return num_batches * self._scenario.batch_size
 
     def batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:
         """The next ``num_batches`` batches, emitted as the scan's outputs."""
+        if self._hand is not None:
+            scenario = self._scenario
+            step = _normalized_step(_batch_of, scenario.scale, scenario.shift)
+            return [
+                jax.device_get(step(None, self._hand.next_batch()))
+                for _ in range(num_batches)
+            ]
         stacked = jax.device_get(self._call(num_batches, self.unroll, emit=True))
         return [{name: x[i] for name, x in stacked.items()} for i in range(num_batches)]
+
+    def close(self) -> None:
+        """Stops a host loop's threads."""
+        if getattr(self, "_hand", None) is not None:
+            self._hand.close()
 
     def _fastest_unroll(self, num_batches: int) -> int:
         medians = {}
@@ -141,6 +171,21 @@ class FloorAdapter(Adapter):
         )
         self._position += num_batches * self._scenario.batch_size
         return out
+
+
+def _batch_of(state: Any, batch: Any) -> Any:
+    return batch
+
+
+@functools.cache
+def _normalized_step(step: Callable, scale: float, shift: float) -> Callable:
+    """``step`` jitted behind the scenario's normalize of a host batch's image."""
+
+    def normalized(state: Any, batch: dict[str, Any]) -> Any:
+        image = batch["image"].astype(jnp.float32) * scale + shift
+        return step(state, {**batch, "image": image})
+
+    return jax.jit(normalized)
 
 
 def _program(

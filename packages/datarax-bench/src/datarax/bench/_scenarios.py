@@ -73,6 +73,10 @@ class Scenario:
         on_disk: records live in ``.npy`` files read on demand (``IO-2``).
         devices: the batch is sharded over this many devices on a ``data`` mesh
             axis (``DP-1``); 1 for a batch on the default device.
+        encoded: the records are JPEG files decoded and cropped on the host
+            (``CV-JPEG``, see :mod:`datarax.bench._jpeg`); ``fields`` then
+            describes the records served, before ``normalize``, and
+            :meth:`data` holds no arrays (the files are the data).
         consumer: what each batch feeds: ``"sum"`` (:func:`reduce_batch`) or
             ``"mlp"`` (one SGD step of a small MLP, see
             :mod:`datarax.bench._consumers`).
@@ -92,6 +96,7 @@ class Scenario:
     dag: bool = False
     on_disk: bool = False
     devices: int = 1
+    encoded: bool = False
     consumer: str = "sum"
     variants: Mapping[str, Variant] = field(
         default_factory=lambda: {
@@ -104,6 +109,8 @@ class Scenario:
     @property
     def stochastic(self) -> bool:
         """Whether a transform draws random numbers."""
+        if self.encoded:  # the host crop and flip
+            return True
         return any(op in ("noise", "brightness", *IMAGE_OPS) for op in self.ops)
 
     def data(self, variant: str = "small") -> list[dict[str, np.ndarray]]:
@@ -114,6 +121,8 @@ class Scenario:
         to its weight.
         """
         n = self.variants[variant].num_records
+        if self.encoded:
+            return []
         rng = np.random.default_rng(zlib.crc32(self.id.encode()))
         sizes = [n]
         if self.mix_weights is not None:
@@ -186,6 +195,20 @@ SCENARIOS: dict[str, Scenario] = {
             _TOKENS, 32, on_disk=True,
         ),
         Scenario(
+            "CV-JPEG",
+            "5,000 JPEG files of 256x256, shuffled, batch 64: decode + random "
+            "resized crop to 224 + flip on the host, normalize to float32",
+            {"image": FieldSpec((224, 224, 3), "uint8", high=256),
+             "label": FieldSpec((), "int32", high=10)},
+            64, ("normalize",), scale=2.0 / 255.0, shift=-1.0, shuffle=True,
+            encoded=True,
+            variants={
+                "tiny": Variant(96, 2),
+                "small": Variant(5_000, 20),
+                "full": Variant(5_000, 100),
+            },
+        ),
+        Scenario(
             "DP-1",
             "TAB-1 rows with labels, batch 256 sharded over 8 devices: one MLP "
             "SGD step per batch (data parallel)",
@@ -253,6 +276,11 @@ def apply_jax(
 
 def output_spec(scenario: Scenario) -> dict[str, tuple[tuple[int, ...], str]]:
     """Field -> (per-record shape, dtype) of the batches an adapter must deliver."""
+    if scenario.encoded:  # normalize turns the image to float32, labels stay
+        return {
+            name: (spec.shape, "float32" if name == "image" else spec.dtype)
+            for name, spec in scenario.fields.items()
+        }
     record = {
         name: jax.ShapeDtypeStruct(spec.shape, spec.dtype)
         for name, spec in scenario.fields.items()

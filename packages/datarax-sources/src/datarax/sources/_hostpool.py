@@ -92,7 +92,10 @@ class HostWorkers:
         self.records, self.stages, self.spec = records, tuple(stages), dict(spec)
         self.length = len(records)
         self.workers, self.processes, self.prefetch = workers, processes, prefetch
-        self._lock = threading.RLock()
+        # Not reentrant: a finalizer run by the garbage collector inside a read
+        # of the same thread must not get in (see close_with).
+        self._lock = threading.Lock()
+        self._closing = [False]  # the owner is gone: stop the pool when idle
         self._pool: list[futures.Executor] = []  # shared with the finalizer
         self._pending: collections.OrderedDict[tuple, list[futures.Future]] = (
             collections.OrderedDict()
@@ -105,9 +108,11 @@ class HostWorkers:
 
         Tied to the source module the user made, not to this object: compiled
         programs cached across pipelines keep their graphs' static attributes
-        (this object among them) alive after the pipeline is gone.
+        (this object among them) alive after the pipeline is gone. A compiled
+        run dispatched before the owner went may still be reading: the pool then
+        stops when that read ends, and a later read starts (and stops) its own.
         """
-        weakref.finalize(owner, _shutdown, self._pool)
+        weakref.finalize(owner, _close_when_idle, self._lock, self._pool, self._closing)
 
     # -- reads -------------------------------------------------------------------
 
@@ -134,14 +139,17 @@ class HostWorkers:
                 # Windows before this one will never be asked for again.
                 while self._pending and next(iter(self._pending))[0] < start:
                     self._cancel(self._pending.popitem(last=False)[1])
-            for ahead in range(1, self.prefetch + 1):
+            for ahead in range(1, 0 if self._closing[0] else self.prefetch + 1):
                 first = start + ahead * count
                 ahead_key = _window_key(first, count, shuffle, seed)
                 if first + count - 1 > _LAST_POSITION or ahead_key in self._pending:
                     continue
                 positions = np.arange(first, first + count)
                 self._pending[ahead_key] = self._submit(positions, shuffle, seed)
-            return self._collect(jobs, count, prefetched)
+            try:
+                return self._collect(jobs, count, prefetched)
+            finally:
+                self._stop_if_closing()
 
     def at(
         self, positions: np.ndarray, shuffle: np.ndarray | None, seed: np.ndarray | None
@@ -149,7 +157,15 @@ class HostWorkers:
         """The host stages' output for arbitrary stream ``positions`` (no prefetch)."""
         with self._lock, self._reporting_death():
             jobs = self._submit(np.asarray(positions, np.int64), shuffle, seed)
-            return self._collect(jobs, len(positions), False)
+            try:
+                return self._collect(jobs, len(positions), False)
+            finally:
+                self._stop_if_closing()
+
+    def _stop_if_closing(self) -> None:
+        if self._closing[0]:
+            self._cancel_pending()
+            _shutdown(self._pool)
 
     def indices(self, positions: np.ndarray, shuffle: np.ndarray | None) -> np.ndarray:
         """Record index at each stream position (natural order, or shuffled)."""
@@ -304,6 +320,18 @@ def default_workers() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(8, cores))
+
+
+def _close_when_idle(
+    lock: threading.Lock, pool: list[futures.Executor], closing: list[bool]
+) -> None:
+    """The owner's finalizer: stop the pool now, or after the read in progress."""
+    closing[0] = True
+    if lock.acquire(blocking=False):
+        try:
+            _shutdown(pool)
+        finally:
+            lock.release()
 
 
 def _shutdown(pool: list[futures.Executor]) -> None:

@@ -6,7 +6,10 @@ framework: each adapter imports its library inside ``setup``, so
 install command (``Adapter.missing``).
 """
 
-from datarax.bench._peers._grain import GrainAdapter as GrainAdapter
+from datarax.bench._peers._grain import (
+    GrainAdapter as GrainAdapter,
+    GrainProcessesAdapter as GrainProcessesAdapter,
+)
 from datarax.bench._peers._hf import HFDatasetsAdapter as HFDatasetsAdapter
 from datarax.bench._peers._spdl import SPDLAdapter as SPDLAdapter
 from datarax.bench._peers._tfdata import TFDataAdapter as TFDataAdapter
@@ -14,6 +17,7 @@ from datarax.bench._peers._torch import TorchAdapter as TorchAdapter
 
 __all__ = (
     "GrainAdapter",
+    "GrainProcessesAdapter",
     "HFDatasetsAdapter",
     "SPDLAdapter",
     "TFDataAdapter",

@@ -18,6 +18,7 @@ from datarax.bench._augment import (
     JITTER,
     PIXEL_MAX,
 )
+from datarax.bench._peers._jpeg import tf_dataset
 from datarax.bench._scenarios import (
     BRIGHTNESS,
     NOISE_STD,
@@ -73,6 +74,7 @@ class TFDataAdapter(IteratorAdapter):
 
     name: ClassVar[str] = "tf.data"
     modules: ClassVar[tuple[str, ...]] = ("tensorflow",)
+    reads_files: ClassVar[bool] = True
     install: ClassVar[str] = 'pip install "datarax-bench[peers]"'
 
     def __init__(self, *, deterministic: bool = True) -> None:
@@ -85,6 +87,8 @@ class TFDataAdapter(IteratorAdapter):
             "pipeline": "Dataset.range(+shuffle/sample_from_datasets).repeat()"
             ".batch().map(tf.gather+TF ops).prefetch()",
             "io2_reader": "FixedLengthRecordDataset + tf.io.decode_raw",
+            "cv_jpeg": "per file: sample_distorted_bounding_box + "
+            "decode_and_crop_jpeg + resize + random_flip_left_right",
             "map.num_parallel_calls": "AUTOTUNE",
             "map.deterministic": self.deterministic,
             "prefetch": "AUTOTUNE",
@@ -102,6 +106,9 @@ class TFDataAdapter(IteratorAdapter):
         """Builds the ``tf.data`` pipeline over ``data`` (or the ``.npy`` files)."""
         tf = _import_tf()
         autotune = tf.data.AUTOTUNE
+        if scenario.encoded:
+            self._dataset = tf_dataset(tf, scenario, variant)
+            return
         if scenario.on_disk:
             records = _npy_records(tf, scenario, workdir)
             if scenario.shuffle:

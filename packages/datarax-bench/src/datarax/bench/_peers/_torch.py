@@ -21,6 +21,8 @@ from datarax.bench._augment import (
     PIXEL_MAX,
     crop_windows_numpy,
 )
+from datarax.bench._jpeg import default_workers
+from datarax.bench._peers._jpeg import batches_of, torch_loader
 from datarax.bench._peers._stream import IndexStream, gather, source_arrays, stream_for
 from datarax.bench._scenarios import Scenario, apply_numpy
 
@@ -188,10 +190,13 @@ class TorchAdapter(IteratorAdapter):
 
     name: ClassVar[str] = "PyTorch-DataLoader"
     modules: ClassVar[tuple[str, ...]] = ("torch",)
+    reads_files: ClassVar[bool] = True
 
     def __init__(
         self, *, num_workers: int | None = None, prefetch_factor: int = 4
     ) -> None:
+        self._default_workers = num_workers is None
+        self._epochs = False  # a loader of one epoch, restarted (CV-JPEG)
         if num_workers is None:
             cores = os.cpu_count() or 1
             num_workers = 0 if cores <= 2 else cores - 1
@@ -209,7 +214,9 @@ class TorchAdapter(IteratorAdapter):
             "one NumPy gather per batch",
             "pin_memory": False,
             "transforms": "NumPy, per batch, in the workers (AUG-2: torch ops, "
-            "per batch: affine_grid + grid_sample, masks, blends)",
+            "per batch: affine_grid + grid_sample, masks, blends; CV-JPEG: one "
+            "file per __getitem__, Pillow decode + resize of the crop window, "
+            "default collate, persistent workers)",
             "to_device": "Tensor.numpy() + jax.device_put",
         }
 
@@ -223,6 +230,16 @@ class TorchAdapter(IteratorAdapter):
         """Builds the DataLoader over ``data`` (or the memory-mapped ``.npy``)."""
         from torch.utils.data import DataLoader
 
+        if scenario.encoded:
+            # Decoding is the work here: one worker process per core, the
+            # DataLoader's documented setting for CPU-bound per-record work.
+            if self._default_workers:
+                self.num_workers = default_workers()
+            self._loader = torch_loader(
+                scenario, variant, self.num_workers, self.prefetch_factor
+            )
+            self._epochs = True
+            return
         sizes = [len(next(iter(d.values()))) for d in data]
         sampler: IndexStream = stream_for(scenario, sizes, seed=SEED)
         workers = {}
@@ -247,7 +264,8 @@ class TorchAdapter(IteratorAdapter):
 
     def make_iterator(self) -> Iterator[Batch]:
         """The DataLoader's (endless) iterator, batches put on the device."""
-        return (to_device({k: v.numpy() for k, v in b.items()}) for b in self._loader)
+        batches = batches_of(self._loader) if self._epochs else self._loader
+        return (to_device({k: v.numpy() for k, v in b.items()}) for b in batches)
 
     def close(self) -> None:
         """Stops the worker processes."""
