@@ -52,6 +52,7 @@ HEAVY_MODULES = [
     "psutil",
     "PIL",
     "tokenizers",
+    "cv2",
 ]
 VERSION = (ROOT / "VERSION").read_text().strip()
 

@@ -28,7 +28,7 @@ from datarax.bench._augment import (
     JITTER,
 )
 from datarax.bench._consumers import batch_sharding, consumer_of
-from datarax.bench._jpeg import decode_crop, default_workers, image_folder
+from datarax.bench._jpeg import decode_crop, decoder, default_workers, image_folder
 from datarax.bench._scenarios import SQUARE_SCALE, Scenario, apply_jax
 from datarax.operators import (
     ColorJitter,
@@ -124,9 +124,10 @@ def _jpeg_pipeline(scenario: Scenario, variant: str, seed: int) -> Pipeline:
     The decode, crop and flip run per record in a stochastic ``HostOperator`` on
     ``HostMapSource``'s threads (one per core; Pillow releases the GIL), which
     prepare the next two reads ahead; ``Normalize`` runs compiled on the batch.
-    Measured on 2 cores, cropping on the host beat decoding there and cropping
-    on the device with ``RandomResizedCrop`` (549 against 298 images/s): the
-    device crop of a 256x256 batch competes with the decoders for the cores.
+    Measured on 2 cores (Pillow decoding), cropping on the host beat decoding
+    there and cropping on the device with ``RandomResizedCrop`` (549 against 298
+    images/s): the device crop of a 256x256 batch competes with the decoders for
+    the cores.
     """
     files = ImageFolderSource(image_folder(scenario.variants[variant].num_records))
     crop = HostOperator(_decode_crop_record, stochastic=True, name="decode_crop")
@@ -230,7 +231,7 @@ def _structure(pipe: Pipeline) -> dict[str, Any]:
 
 def _source_name(scenario: Scenario) -> str:
     if scenario.encoded:
-        return "HostMapSource(ImageFolderSource, decode_crop on threads)"
+        return f"HostMapSource(ImageFolderSource, decode_crop ({decoder()}) on threads)"
     if scenario.on_disk:
         return "StreamingDiskSource"
     if scenario.mix_weights is not None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from datarax.bench._adapter import Batch, IteratorAdapter, register_adapter
 from datarax.bench._consumers import batch_sharding, consumer_of
+from datarax.bench._jpeg import decoder
 from datarax.bench._peers._jpeg import grain_dataset
 from datarax.bench._peers._stream import gather, source_arrays
 from datarax.bench._scenarios import Scenario, apply_numpy
@@ -55,9 +56,21 @@ class GrainAdapter(IteratorAdapter):
         self.prefetch_buffer_size = prefetch_buffer_size
         self._dataset: Any = None
         self._grain_iter: Any = None
+        self._encoded = False
 
     def settings(self) -> dict[str, Any]:
         """Grain's reader threads, buffers and pipeline shape."""
+        if self._encoded:  # CV-JPEG
+            return {
+                "pipeline": "MapDataset.range().shuffle().repeat()"
+                ".random_map(read + decode_crop + normalize).batch()"
+                ".to_iter_dataset()",
+                "read_options.num_threads": self.num_threads,
+                "read_options.prefetch_buffer_size": 4,
+                "decoder": decoder(),
+                "device_put": "grain.experimental.device_put(cpu_buffer_size=4, "
+                "device_buffer_size=2)",
+            }
         return {
             "pipeline": "MapDataset.range(+shuffle/mix).repeat().batch()"
             ".map(gather+transform).to_iter_dataset()",
@@ -81,6 +94,7 @@ class GrainAdapter(IteratorAdapter):
         import jax
 
         if scenario.encoded:
+            self._encoded = True
             batches = grain_dataset(scenario, variant, self.num_threads, self.processes)
             self._dataset = grain.experimental.device_put(
                 batches, jax.devices()[0], cpu_buffer_size=4, device_buffer_size=2

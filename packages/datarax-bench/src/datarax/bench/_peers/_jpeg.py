@@ -1,8 +1,9 @@
 """The peers' ``CV-JPEG`` pipelines, each in its library's documented idiom.
 
 * PyTorch: a map-style dataset whose ``__getitem__`` reads, decodes, crops,
-  flips and normalizes one file (:func:`datarax.bench._jpeg.decode_crop`, what
-  torchvision's ``RandomResizedCrop`` does on PIL images), a shuffling
+  flips and normalizes one file (:func:`datarax.bench._jpeg.decode_crop`:
+  OpenCV's decoder, torchvision's ``RandomResizedCrop`` window, a bilinear
+  resize; the Floor and datarax call the same function), a shuffling
   ``DataLoader`` with one worker process per core and the default collate.
 * tf.data: file names shuffled per epoch, ``map`` with ``AUTOTUNE``:
   ``sample_distorted_bounding_box`` on the JPEG's header shape (torchvision's

@@ -21,7 +21,7 @@ from datarax.bench._augment import (
     PIXEL_MAX,
     crop_windows_numpy,
 )
-from datarax.bench._jpeg import default_workers
+from datarax.bench._jpeg import decoder, default_workers
 from datarax.bench._peers._jpeg import batches_of, torch_loader
 from datarax.bench._peers._stream import IndexStream, gather, source_arrays, stream_for
 from datarax.bench._scenarios import Scenario, apply_numpy
@@ -206,6 +206,17 @@ class TorchAdapter(IteratorAdapter):
 
     def settings(self) -> dict[str, Any]:
         """The DataLoader's workers, prefetch and batching."""
+        if self._epochs:  # CV-JPEG
+            return {
+                "num_workers": self.num_workers,
+                "prefetch_factor": self.prefetch_factor,
+                "multiprocessing_context": "forkserver",
+                "pipeline": "Dataset.__getitem__: read + decode_crop + normalize "
+                "one file; DataLoader(batch_size, shuffle, default collate, "
+                "persistent_workers)",
+                "decoder": decoder(),
+                "to_device": "Tensor.numpy() + jax.device_put",
+            }
         return {
             "num_workers": self.num_workers,
             "prefetch_factor": self.prefetch_factor if self.num_workers else None,
