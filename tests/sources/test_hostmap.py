@@ -202,7 +202,8 @@ def test_output_that_is_not_fixed_shape_numbers_is_refused_by_name(folder):
 
 
 def test_stats_show_where_the_time_went(folder):
-    pipe = pipeline(folder, workers=2)
+    # prefetch=0: the pipeline's own thread would read one batch past the end.
+    pipe = pipeline(folder, workers=2, prefetch=0)
     list(pipe)
     stats = pipe.source.stats()
     assert stats.records == 42 and stats.reads == 7

@@ -30,6 +30,16 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_prefetch(prefetch: Any) -> int:
+    """``prefetch`` as an int of at least 0, or an error saying what to pass."""
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(
+            f"prefetch must be a Python int >= 0 (batches read ahead in iteration; "
+            f"0 for none), got {prefetch!r}."
+        )
+    return prefetch
+
+
 def check_options(
     source: Any,
     batch_size: Any,

@@ -44,6 +44,7 @@ class Stream(Protocol):
     key: nnx.Variable  # raw key data of the seed
     key_impl: str  # the seed's PRNG implementation (operator keys are of it)
     sharding: NamedSharding | None  # of every batch's leading axis
+    prefetch: int  # host batches iteration reads ahead (0: none)
     position: nnx.Variable  # int32 scalar: records served
     epoch: nnx.Variable  # int32 scalar: position // len(source)
 

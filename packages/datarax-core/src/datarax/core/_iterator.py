@@ -23,6 +23,7 @@ from datarax.core._feed import Stream, host_plan, records_due, write_position
 from datarax.core._graph import Graph, GraphSpec
 from datarax.core._iterable import IterableSource
 from datarax.core._keys import OPERATOR_STREAM, fold_in_host, host_shuffle_key
+from datarax.core._prefetch import Ahead
 from datarax.core._source import Batch
 
 #: At most this many batches are computed per dispatch. Each batch is an output
@@ -37,7 +38,14 @@ CHUNK_BYTES = 32 * 2**20
 
 def iterate(stream: Stream) -> Iterator[Batch]:
     """The iterator that suits the pipeline's kind of source."""
-    if stream.source.serves_host_batches:
+    source = stream.source
+    if isinstance(source, IterableSource) or (
+        source.serves_host_batches
+        # Sharded or on several processes, the compiled reads take only each
+        # device's (process's) records; host batches hold the global batch.
+        and stream.sharding is None
+        and jax.process_count() == 1
+    ):
         return StreamIterator(stream)
     return PipelineIterator(stream)
 
@@ -137,12 +145,14 @@ class StreamIterator:
     restored checkpoint), then runs the stages in one cached compiled function
     per batch, with the same positions and keys as a random-access pipeline. A
     short last batch is padded to full size for the stages (one compiled shape)
-    and cut after.
+    and cut after. With the pipeline's ``prefetch`` above 0 a background thread
+    reads the host batches and puts them on the device that many batches ahead
+    of the consumer (:class:`~datarax.core._prefetch.Ahead`).
     """
 
     def __init__(self, stream: Stream):
         self._stream = stream
-        self._records: Generator[dict[str, np.ndarray]] | None = None
+        self._records: Generator[dict[str, np.ndarray]] | Ahead | None = None
         self._position = -1  # where self._records continues
 
     def __iter__(self) -> StreamIterator:
@@ -157,7 +167,10 @@ class StreamIterator:
         if self._records is None or position != self._position:
             if self._records is not None:
                 self._records.close()  # release the backend's reader now
-            self._records = _generator(_host_batches(stream, position))
+            batches = _generator(_host_batches(stream, position))
+            if stream.prefetch:
+                batches = Ahead(batches, stream.prefetch)
+            self._records = batches
         try:
             raw = next(self._records, None)
         except BaseException:
@@ -170,7 +183,8 @@ class StreamIterator:
                 f"{position} where {wanted} were due: the iterable holds fewer "
                 f"records than the {len(source)} per epoch it declared."
             )
-        raw = {k: _pad(np.asarray(v)[:wanted], batch_size) for k, v in raw.items()}
+        if wanted < batch_size:  # the stream's last batch (on the host: rare)
+            raw = {k: _pad(np.asarray(v)[:wanted], batch_size) for k, v in raw.items()}
         program = cached_program(
             stream, ("apply",), (stream,), None, lambda spec, g: build_apply(spec)
         )

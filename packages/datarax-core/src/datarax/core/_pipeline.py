@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from datarax.core._checks import check_options, check_rngs, check_stages
+from datarax.core._checks import check_options, check_prefetch, check_rngs, check_stages
 from datarax.core._compiled import build_chunk, cached_program
 from datarax.core._feed import (
     advance,
@@ -63,11 +63,9 @@ class Pipeline(nnx.Module):
     pipeline, so every mode continues where the last one stopped.
 
     Warning:
-        ``num_epochs`` defaults to 1: iteration stops after one pass over the
-        source. A ``for`` loop meant to run for more batches than one epoch holds
-        ends early, after ``ceil(len(source) / batch_size)`` batches. Pass
-        ``num_epochs=None`` for an endless stream, or use ``step()`` / ``scan``,
-        which never stop.
+        ``num_epochs`` defaults to 1: a ``for`` loop ends after one pass over the
+        source, ``ceil(len(source) / batch_size)`` batches. Pass
+        ``num_epochs=None`` for an endless stream (``step()`` / ``scan`` never stop).
 
     Args:
         source: the source to read (a :class:`~datarax.DataSource`, or an
@@ -84,6 +82,9 @@ class Pipeline(nnx.Module):
         sharding: a ``NamedSharding`` of the batch's leading axis (e.g.
             ``NamedSharding(mesh, PartitionSpec("data"))``): every batch is then a
             global ``jax.Array`` split over those devices (see docs/scaling.md).
+        prefetch: iteration's host batches (iteration-only sources, host
+            stages) read and put on the device this many batches ahead, by a
+            thread; 0: read when asked for.
 
     Examples:
         >>> import numpy as np
@@ -107,8 +108,10 @@ class Pipeline(nnx.Module):
         num_epochs: int | None = 1,
         drop_last: bool = False,
         sharding: NamedSharding | None = None,
+        prefetch: int = 2,
     ):
         check_options(source, batch_size, shuffle, num_epochs, drop_last)
+        self.prefetch = check_prefetch(prefetch)
         self.sharding = check_sharding(
             sharding, len(source), batch_size, num_epochs, drop_last
         )
@@ -254,9 +257,7 @@ class Pipeline(nnx.Module):
         change (plain ``jax.jit`` carries no nnx state out: return the pipeline
         from your function there). Called eagerly it runs one cached compiled
         function. Ignores ``num_epochs`` and ``drop_last``: the stream is endless.
-
-        Inside your own jit each call plans its batch alone (a shuffled source
-        computes the permutation of the epochs it touches); ``scan`` plans once
+        Inside your own jit each call plans its batch alone; ``scan`` plans once
         per run and is the fastest way to feed many steps.
         """
         self._require_random_access("Pipeline.step")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
 from datarax.core import Batch, convert_for_jax
-from datarax.sources._order import OrderedSource
+from datarax.sources._order import OrderedSource, host_indices
 
 #: Bytes a compiled run reads per host callback.
 READ_BYTES = 8 * 2**20
@@ -36,6 +36,7 @@ class HostSourceBase(OrderedSource):
     """
 
     reads_on_host = True
+    serves_host_batches = True
 
     def host_read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Reads records ``rows`` (1-d int64, in the order given) on the host.
@@ -44,6 +45,36 @@ class HostSourceBase(OrderedSource):
         :attr:`element_spec` order. Runs outside JAX, in the callback.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement host_read.")
+
+    def host_batches(
+        self,
+        start: int,
+        batch_size: int,
+        key_data: np.ndarray | None,
+        op_key_data: np.ndarray | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Full batches of the stream from ``start``, read on the host, endlessly.
+
+        What iteration reads (a pipeline's ``prefetch`` thread reads them ahead
+        of the consumer): the records of each batch's positions, in the same
+        order as every compiled read (``key_data``: the shuffle key's data, or
+        ``None``), checked and cast to the element spec like a callback's read.
+        """
+        del op_key_data  # records are read, not drawn
+        spec, owner = self.element_spec, type(self).__name__
+        position = start
+        while True:
+            positions = np.arange(position, position + batch_size, dtype=np.int64)
+            rows = host_indices(positions, self.length, key_data)
+            fields = _checked_host_read(owner, self.host_read(rows), spec, len(rows))
+            yield {
+                name: convert_for_jax(
+                    np.asarray(fields[name]), s.dtype, owner=owner, field=name,
+                    records=rows,
+                )
+                for name, s in spec.items()
+            }  # fmt: skip
+            position += batch_size
 
     def steps_per_read(self, batch_size: int) -> int:
         """Batches per read: about ``READ_BYTES`` of records, at most 64."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as futures
 import contextlib
-import functools
 import math
 import multiprocessing
 import os
@@ -38,7 +37,7 @@ from datarax.sources._hostwork import (
     run_in_process,
     run_task,
 )
-from datarax.sources._order import epoch_table_host
+from datarax.sources._order import host_indices
 
 #: The last stream position (int32 positions).
 _LAST_POSITION = 2**31 - 1
@@ -169,17 +168,7 @@ class HostWorkers:
 
     def indices(self, positions: np.ndarray, shuffle: np.ndarray | None) -> np.ndarray:
         """Record index at each stream position (natural order, or shuffled)."""
-        positions = np.asarray(positions, np.int64)
-        if shuffle is None:
-            return positions % self.length
-        epochs, offsets = np.divmod(positions, self.length)
-        out = np.empty_like(positions)
-        key = np.asarray(shuffle, np.uint32).tobytes()
-        for epoch in np.unique(epochs):
-            table = _table(key, int(epoch), self.length)
-            chosen = epochs == epoch
-            out[chosen] = table[offsets[chosen]]
-        return out
+        return host_indices(positions, self.length, shuffle)
 
     # -- the pool ------------------------------------------------------------------
 
@@ -345,12 +334,4 @@ def _window_key(start: int, count: int, shuffle: Any, seed: Any) -> tuple:
         int(count),
         None if shuffle is None else np.asarray(shuffle).tobytes(),
         None if seed is None else np.asarray(seed).tobytes(),
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _table(key: bytes, epoch: int, length: int) -> np.ndarray:
-    """One epoch's permutation, the same as every other shuffling source's."""
-    return epoch_table_host(np.frombuffer(key, np.uint32), epoch, length).astype(
-        np.int64
     )

@@ -86,6 +86,34 @@ def epoch_table_host(key_data: np.ndarray, epoch: int, length: int) -> np.ndarra
     return np.argsort(keys).astype(np.int32)
 
 
+def host_indices(
+    positions: np.ndarray, length: int, key_data: np.ndarray | None
+) -> np.ndarray:
+    """Record index (int64) at each stream position, computed on the host.
+
+    Natural order without a key; else each epoch's permutation
+    (:func:`epoch_table_host`, one table per (key, epoch) cached).
+    """
+    positions = np.asarray(positions, np.int64)
+    if key_data is None:
+        return positions % length
+    epochs, offsets = np.divmod(positions, length)
+    out = np.empty_like(positions)
+    key = np.asarray(key_data, np.uint32).tobytes()
+    for epoch in np.unique(epochs).tolist():
+        chosen = epochs == epoch
+        out[chosen] = _host_table(key, epoch, length)[offsets[chosen]]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _host_table(key: bytes, epoch: int, length: int) -> np.ndarray:
+    table = epoch_table_host(np.frombuffer(key, np.uint32), epoch, length)
+    table = table.astype(np.int64)
+    table.flags.writeable = False  # shared by every caller of the cache
+    return table
+
+
 def epoch_table(key: jax.Array, epoch: jax.Array, length: int) -> jax.Array:
     """The same permutation as :func:`epoch_table_host`, traceable."""
     words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
