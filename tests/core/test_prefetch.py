@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import threading
 import time
 
 import jax
@@ -11,15 +10,29 @@ import numpy as np
 import pytest
 
 from datarax import IterableSource, Pipeline
+from datarax.core import _prefetch
 from datarax.sources import StreamingDiskSource
 
 
-class Counted(IterableSource):
-    """40 records in chunks of 4; counts the chunks read, can fail at one."""
+class Tally:
+    count = 0
 
-    def __init__(self, fail_at: int | None = None):
-        self.read = 0
+
+class Counted(IterableSource):
+    """40 records in chunks of 4; counts the chunks read, can fail at one.
+
+    Each read waits ``delay`` seconds (a network read): 5 ms makes reading
+    ahead in a thread worth it (``Ahead`` times the first batches).
+    """
+
+    def __init__(self, fail_at: int | None = None, delay: float = 0.005):
+        self.reads = Tally()  # a plain object: nnx attribute writes cost ~0.1 ms
         self.fail_at = fail_at
+        self.delay = delay
+
+    @property
+    def read(self) -> int:
+        return self.reads.count
 
     def __len__(self) -> int:
         return 40
@@ -32,7 +45,9 @@ class Counted(IterableSource):
         for start in range(skip, 40, 4):
             if self.fail_at is not None and start >= self.fail_at:
                 raise OSError(f"disk gone at record {start}")
-            self.read += 1
+            if self.delay:
+                time.sleep(self.delay)
+            self.reads.count += 1
             yield {"x": np.arange(start, min(start + 4, 40)) + 100 * epoch}
 
 
@@ -45,22 +60,32 @@ def wait_for(condition, seconds: float = 10.0) -> bool:
     return False
 
 
-def _prefetch_threads() -> int:
-    return sum(t.name == "datarax-prefetch" for t in threading.enumerate())
-
-
 def test_batches_are_read_ahead_while_the_consumer_works():
     source = Counted()
     pipe = Pipeline(source=source, batch_size=4, num_epochs=None, prefetch=3)
     it = iter(pipe)
-    assert next(it)["x"].tolist() == [0, 1, 2, 3]
-    # The consumer holds batch 0; the thread reads batches 1-3 meanwhile (one
-    # more is in its hands, waiting for room).
-    assert wait_for(lambda: source.read >= 4)
-    assert [next(it)["x"].tolist()[0] for _ in range(12)] == [
-        4, 8, 12, 16, 20, 24, 28, 32, 36, 100, 104, 108
+    # The first three batches are read when asked for, and timed: slow reads.
+    assert [next(it)["x"].tolist()[0] for _ in range(4)] == [0, 4, 8, 12]
+    # The consumer holds batch 3; the thread reads the next ones meanwhile.
+    assert wait_for(lambda: source.read >= 7)
+    assert [next(it)["x"].tolist()[0] for _ in range(9)] == [
+        16, 20, 24, 28, 32, 36, 100, 104, 108
     ]  # fmt: skip
     assert int(pipe.position[...]) == 52
+
+
+def test_quick_small_batches_are_read_in_the_consumers_thread(monkeypatch):
+    # Reads here take 0.06-0.3 ms; "slow" from 50 ms keeps a loaded machine's
+    # slowest read on the quick side (the 5 ms reads above stay slow at 0.2 ms).
+    monkeypatch.setattr(_prefetch, "SLOW_READ", 0.05)
+    source = Counted(delay=0)
+    pipe = Pipeline(source=source, batch_size=4, num_epochs=None, prefetch=2)
+    it = iter(pipe)
+    for _ in range(6):
+        next(it)
+    time.sleep(0.2)
+    # A thread would cost more than such a read: nothing is read ahead.
+    assert source.read == 6 and not it._records.threaded
 
 
 def test_prefetch_0_reads_each_batch_when_asked_for():
@@ -75,26 +100,25 @@ def test_prefetch_0_reads_each_batch_when_asked_for():
 
 
 def test_an_error_comes_after_the_batches_before_it():
-    pipe = Pipeline(source=Counted(fail_at=8), batch_size=4, prefetch=2)
+    pipe = Pipeline(source=Counted(fail_at=24), batch_size=4, prefetch=2)
     it = iter(pipe)
-    assert next(it)["x"].tolist() == [0, 1, 2, 3]
-    assert next(it)["x"].tolist() == [4, 5, 6, 7]
-    with pytest.raises(OSError, match="disk gone at record 8"):
+    assert [next(it)["x"].tolist()[0] for _ in range(6)] == [0, 4, 8, 12, 16, 20]
+    assert it._records.threaded  # batches 3-5 came through the thread
+    with pytest.raises(OSError, match="disk gone at record 24"):
         next(it)
-    assert int(pipe.position[...]) == 8  # nothing of the failed batch served
+    assert int(pipe.position[...]) == 24  # nothing of the failed batch served
 
 
-def test_the_thread_stops_when_the_loop_is_left(tmp_path):
-    before = _prefetch_threads()
-    np.save(tmp_path / "x.npy", np.arange(64, dtype=np.int32))
-    pipe = Pipeline(source=StreamingDiskSource(tmp_path), batch_size=4, shuffle=True)
-    for batch in pipe:  # a host source: read by the thread, in the shuffled order
-        assert batch["x"].shape == (4,)
-        break
-    assert _prefetch_threads() == before + 1
-    del batch, pipe
+def test_the_thread_stops_when_the_loop_is_left():
+    pipe = Pipeline(source=Counted(), batch_size=4)
+    it = iter(pipe)
+    for _ in range(5):  # the thread starts after the third batch
+        next(it)
+    thread = it._records._thread
+    assert thread.is_alive() and thread.name == "datarax-prefetch"
+    del it, pipe
     gc.collect()
-    assert wait_for(lambda: _prefetch_threads() == before)
+    assert wait_for(lambda: not thread.is_alive())
 
 
 def test_a_restore_reopens_the_stream_at_the_restored_position(tmp_path):
