@@ -37,8 +37,8 @@ PINNED_NLP1_TINY = 3661885196  # datarax-bench 0.1.0
 def test_every_scenario_has_tiny_small_and_full_variants():
     for scenario in SCENARIOS.values():
         assert {"tiny", "small", "full"} <= scenario.variants.keys()
-        # CV-JPEG: 5,000 files (the size); the array scenarios 10,000 rows.
-        want = 5_000 if scenario.encoded else 10_000
+        # CV-JPEG: 5,000 files, TEXT-1: 20,000 lines; the arrays: 10,000 rows.
+        want = {"jpeg": 5_000, "text": 20_000}.get(scenario.encoded, 10_000)
         assert scenario.variants["small"].num_records == want
 
 
@@ -48,7 +48,8 @@ def test_mix_sources_hold_records_in_proportion_to_the_weights():
 
 
 @pytest.mark.parametrize(
-    "scenario_id", [s for s in SCENARIOS if not SCENARIOS[s].stochastic]
+    "scenario_id",
+    [s for s, v in SCENARIOS.items() if not (v.stochastic or v.encoded)],
 )
 def test_numpy_and_jax_transforms_agree(scenario_id):
     scenario = SCENARIOS[scenario_id]
@@ -122,3 +123,25 @@ def test_cv_jpeg_files_are_varied_jpegs_and_each_crop_its_own():
         assert 0 <= left < right <= SIDE and 0 <= top < bottom <= SIDE
         area = (right - left) * (bottom - top) / SIDE**2
         assert 0.07 <= area <= 1  # 8-100% before rounding to whole pixels
+
+
+def test_text_lines_vary_and_the_trained_tokenizer_round_trips():
+    from tokenizers import Tokenizer
+
+    from datarax.bench._text import LENGTH, VOCABULARY, Tokenize, read_corpus
+
+    lines, tokenizer_json = read_corpus(64)
+    assert len(lines) == 64 and len({len(line.split()) for line in lines}) > 20
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    assert tokenizer.get_vocab_size() <= VOCABULARY
+    tokenize = Tokenize(tokenizer_json)
+    row = tokenize.one(lines[0])
+    ids = row["tokens"][: row["length"]].tolist()
+    assert tokenizer.decode(ids) == lines[0][: len(tokenizer.decode(ids))]
+    batch = tokenize.batch(lines[:8])
+    assert batch["tokens"].shape == (8, LENGTH) and batch["tokens"].dtype == np.int32
+    for i in range(8):  # the batch call and the per-line call agree
+        np.testing.assert_array_equal(
+            batch["tokens"][i], tokenize.one(lines[i])["tokens"]
+        )
+    assert (batch["length"] <= LENGTH).all() and batch["length"].max() == LENGTH

@@ -71,7 +71,7 @@ class Adapter(abc.ABC):
     #: Whether the adapter serves global batches sharded over several devices
     #: (``Scenario.devices`` above 1, see ``batch_sharding``).
     shards_batches: ClassVar[bool] = False
-    #: Whether the adapter reads encoded files (``CV-JPEG``).
+    #: Whether the adapter reads encoded records (``CV-JPEG``, ``TEXT-1``).
     reads_files: ClassVar[bool] = False
 
     @classmethod
@@ -87,7 +87,8 @@ class Adapter(abc.ABC):
         if scenario.encoded and not self.reads_files:
             return (
                 "reads arrays held in memory; "
-                f"{scenario.id} reads JPEG files (not written for this loader yet)"
+                f"{scenario.id} reads encoded records (not written for this "
+                "loader yet)"
             )
         if scenario.devices > 1 and not self.shards_batches:
             return (

@@ -30,6 +30,7 @@ from datarax.bench._augment import (
 from datarax.bench._consumers import batch_sharding, consumer_of
 from datarax.bench._jpeg import decode_crop, decoder, default_workers, image_folder
 from datarax.bench._scenarios import SQUARE_SCALE, Scenario, apply_jax
+from datarax.bench._text import Lines, Tokenize, read_corpus
 from datarax.operators import (
     ColorJitter,
     Cutout,
@@ -79,8 +80,10 @@ def build_pipeline(
     Returns:
         A pipeline with ``num_epochs=None``.
     """
-    if scenario.encoded:
+    if scenario.encoded == "jpeg":
         return _jpeg_pipeline(scenario, variant, seed)
+    if scenario.encoded == "text":
+        return _text_pipeline(scenario, variant, seed)
     if scenario.on_disk:
         source = StreamingDiskSource(workdir)
     elif scenario.mix_weights is not None:
@@ -143,6 +146,34 @@ def _jpeg_pipeline(scenario: Scenario, variant: str, seed: int) -> Pipeline:
         num_epochs=None,
         rngs=nnx.Rngs(seed),
     )
+
+
+def _text_pipeline(scenario: Scenario, variant: str, seed: int) -> Pipeline:
+    """``TEXT-1``: lines tokenized one by one by a ``HostOperator`` on threads.
+
+    ``tokenizers`` encodes in Rust with the GIL released, so ``HostMapSource``'s
+    threads (one per core) tokenize in parallel; no compiled stage follows.
+    """
+    lines, tokenizer_json = read_corpus(scenario.variants[variant].num_records)
+    tokenize = HostOperator(_Tokenized(Tokenize(tokenizer_json)), name="tokenize")
+    return Pipeline(
+        source=HostMapSource(Lines(lines), [tokenize], workers=default_workers()),
+        batch_size=scenario.batch_size,
+        shuffle=scenario.shuffle,
+        num_epochs=None,
+        rngs=nnx.Rngs(seed),
+    )
+
+
+class _Tokenized:
+    """A host stage: ``{"text": line} -> {"tokens", "length"}``."""
+
+    def __init__(self, tokenize: Tokenize):
+        self.tokenize = tokenize
+        self.__name__ = "tokenize"
+
+    def __call__(self, record: dict, rng: None) -> dict:
+        return self.tokenize.one(record["text"])
 
 
 def _decode_crop_record(record: dict, rng: np.random.Generator) -> dict:
@@ -230,6 +261,8 @@ def _structure(pipe: Pipeline) -> dict[str, Any]:
 
 
 def _source_name(scenario: Scenario) -> str:
+    if scenario.encoded == "text":
+        return "HostMapSource(Lines, tokenize (HF tokenizers) on threads)"
     if scenario.encoded:
         return f"HostMapSource(ImageFolderSource, decode_crop ({decoder()}) on threads)"
     if scenario.on_disk:

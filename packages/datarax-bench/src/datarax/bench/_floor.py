@@ -29,6 +29,7 @@ from datarax.bench._adapter import Adapter, register_adapter
 from datarax.bench._consumers import Consumer, batch_sharding, consumer_of
 from datarax.bench._jpeg import HandLoop
 from datarax.bench._scenarios import Scenario, apply_jax
+from datarax.bench._text import TextLoop
 
 #: The unroll factors the Floor tries; on XLA:CPU the factor alone can change an
 #: image loop's time tenfold, so the Floor takes the fastest.
@@ -71,10 +72,11 @@ class FloorAdapter(Adapter):
     ) -> None:
         """Puts the records on the device and picks the fastest unroll factor."""
         self._scenario = scenario
-        self._hand: HandLoop | None = None
-        if scenario.encoded:  # JPEG files: a hand-written host loop (see HandLoop)
+        self._hand: HandLoop | TextLoop | None = None
+        if scenario.encoded:  # host work: a hand-written host loop
             count = scenario.variants[variant].num_records
-            self._hand = HandLoop(count, scenario.batch_size, self._seed)
+            loop = HandLoop if scenario.encoded == "jpeg" else TextLoop
+            self._hand = loop(count, scenario.batch_size, self._seed)
             self._consumer = consumer_of(scenario)
             self._state = self._consumer.init()
             self.unroll = 1
@@ -119,8 +121,7 @@ class FloorAdapter(Adapter):
     def run(self, num_batches: int) -> int:
         """Serves ``num_batches`` batches in one compiled call; returns records."""
         if self._hand is not None:
-            scenario = self._scenario
-            step = _normalized_step(self._consumer.step, scenario.scale, scenario.shift)
+            step = _host_step(self._consumer.step, self._scenario)
             for _ in range(num_batches):
                 self._state = step(self._state, self._hand.next_batch())
             jax.block_until_ready(self._state)
@@ -132,8 +133,7 @@ class FloorAdapter(Adapter):
     def batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:
         """The next ``num_batches`` batches, emitted as the scan's outputs."""
         if self._hand is not None:
-            scenario = self._scenario
-            step = _normalized_step(_batch_of, scenario.scale, scenario.shift)
+            step = _host_step(_batch_of, self._scenario)
             return [
                 jax.device_get(step(None, self._hand.next_batch()))
                 for _ in range(num_batches)
@@ -175,6 +175,18 @@ class FloorAdapter(Adapter):
 
 def _batch_of(state: Any, batch: Any) -> Any:
     return batch
+
+
+def _host_step(step: Callable, scenario: Scenario) -> Callable:
+    """``step`` jitted for host batches (behind ``normalize`` when it has one)."""
+    if "normalize" in scenario.ops:
+        return _normalized_step(step, scenario.scale, scenario.shift)
+    return _jitted_step(step)
+
+
+@functools.cache
+def _jitted_step(step: Callable) -> Callable:
+    return jax.jit(step)
 
 
 @functools.cache

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from datarax.bench._augment import CROP_RATIO, CROP_SCALE, CROP_TRIES, FLIP_P
+from datarax.bench._text import EpochOrder
 
 #: The files' side, and the side of the crops served.
 SIDE = 256
@@ -176,20 +177,10 @@ class HandLoop:
         root = image_folder(count)
         self.files = sorted(root.glob("class_*/*.jpg"))
         self.labels = np.asarray([int(f.parent.name[6:]) for f in self.files], np.int32)
-        self.batch_size, self.seed = batch_size, seed
-        self.position = 0
+        self.batch_size, self.position = batch_size, 0
         self.pool = ThreadPoolExecutor(default_workers())
-        self._orders: dict[int, np.ndarray] = {}
-
-    def _index(self, position: int) -> int:
-        epoch, offset = divmod(position, len(self.files))
-        if epoch not in self._orders:
-            self._orders = {
-                epoch: np.random.default_rng((self.seed, epoch)).permutation(
-                    len(self.files)
-                )
-            }
-        return int(self._orders[epoch][offset])
+        self._index = EpochOrder(len(self.files), seed)
+        self.seed = seed
 
     def _one(self, position: int) -> np.ndarray:
         rng = np.random.default_rng((self.seed, 1, position))

@@ -73,9 +73,11 @@ class Scenario:
         on_disk: records live in ``.npy`` files read on demand (``IO-2``).
         devices: the batch is sharded over this many devices on a ``data`` mesh
             axis (``DP-1``); 1 for a batch on the default device.
-        encoded: the records are JPEG files decoded and cropped on the host
-            (``CV-JPEG``, see :mod:`datarax.bench._jpeg`); ``fields`` then
-            describes the records served, before ``normalize``, and
+        encoded: ``"jpeg"``: the records are JPEG files decoded and cropped on
+            the host (``CV-JPEG``, see :mod:`datarax.bench._jpeg`); ``"text"``:
+            raw lines tokenized on the host (``TEXT-1``, see
+            :mod:`datarax.bench._text`); ``""`` for arrays. Encoded scenarios'
+            ``fields`` describe the records served (before ``normalize``), and
             :meth:`data` holds no arrays (the files are the data).
         consumer: what each batch feeds: ``"sum"`` (:func:`reduce_batch`) or
             ``"mlp"`` (one SGD step of a small MLP, see
@@ -96,7 +98,7 @@ class Scenario:
     dag: bool = False
     on_disk: bool = False
     devices: int = 1
-    encoded: bool = False
+    encoded: str = ""
     consumer: str = "sum"
     variants: Mapping[str, Variant] = field(
         default_factory=lambda: {
@@ -109,7 +111,7 @@ class Scenario:
     @property
     def stochastic(self) -> bool:
         """Whether a transform draws random numbers."""
-        if self.encoded:  # the host crop and flip
+        if self.encoded == "jpeg":  # the host crop and flip
             return True
         return any(op in ("noise", "brightness", *IMAGE_OPS) for op in self.ops)
 
@@ -201,11 +203,25 @@ SCENARIOS: dict[str, Scenario] = {
             {"image": FieldSpec((224, 224, 3), "uint8", high=256),
              "label": FieldSpec((), "int32", high=10)},
             64, ("normalize",), scale=2.0 / 255.0, shift=-1.0, shuffle=True,
-            encoded=True,
+            encoded="jpeg",
             variants={
                 "tiny": Variant(96, 2),
                 "small": Variant(5_000, 20),
                 "full": Variant(5_000, 100),
+            },
+        ),
+        Scenario(
+            "TEXT-1",
+            "20,000 raw text lines of 8-160 words, shuffled, batch 64: "
+            "tokenized by a BPE tokenizer trained at setup, cut or padded to "
+            "128 ids",
+            {"tokens": FieldSpec((128,), "int32", high=8_000),
+             "length": FieldSpec((), "int32", high=129)},
+            64, shuffle=True, encoded="text",
+            variants={
+                "tiny": Variant(256, 2),
+                "small": Variant(20_000, 20),
+                "full": Variant(20_000, 100),
             },
         ),
         Scenario(
@@ -277,8 +293,9 @@ def apply_jax(
 def output_spec(scenario: Scenario) -> dict[str, tuple[tuple[int, ...], str]]:
     """Field -> (per-record shape, dtype) of the batches an adapter must deliver."""
     if scenario.encoded:  # normalize turns the image to float32, labels stay
+        image = "normalize" in scenario.ops
         return {
-            name: (spec.shape, "float32" if name == "image" else spec.dtype)
+            name: (spec.shape, "float32" if image and name == "image" else spec.dtype)
             for name, spec in scenario.fields.items()
         }
     record = {

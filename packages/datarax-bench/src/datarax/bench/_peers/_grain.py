@@ -189,7 +189,7 @@ class GrainProcessesAdapter(GrainAdapter):
     def unsupported(self, scenario: Scenario) -> str | None:
         """Only ``CV-JPEG`` (decoding); threads are Grain's best elsewhere."""
         if not scenario.encoded:
-            return "mp_prefetch is measured on encoded files (CV-JPEG) only"
+            return "mp_prefetch is measured on encoded records (CV-JPEG, TEXT-1) only"
         return super().unsupported(scenario)
 
     def settings(self) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""The peers' ``CV-JPEG`` pipelines, each in its library's documented idiom.
+"""The peers' ``CV-JPEG`` and ``TEXT-1`` pipelines, each in its library's idiom.
+
+``TEXT-1``: PyTorch tokenizes a line per ``__getitem__`` in worker processes,
+Grain ``map``s the same per line (threads or ``mp_prefetch``), tf.data batches
+the lines and tokenizes each batch in a ``tf.py_function`` (``encode_batch``).
+The rest of this docstring is ``CV-JPEG``'s.
 
 * PyTorch: a map-style dataset whose ``__getitem__`` reads, decodes, crops,
   flips and normalizes one file (:func:`datarax.bench._jpeg.decode_crop`:
@@ -25,6 +30,7 @@ import numpy as np
 
 from datarax.bench._jpeg import CROP, decode_crop, image_folder, normalize
 from datarax.bench._scenarios import Scenario
+from datarax.bench._text import Tokenize, read_corpus
 
 SEED = 0
 
@@ -68,15 +74,20 @@ class JpegRecords:
 
 
 def torch_loader(
-    scenario: Scenario, variant: str, num_workers: int, prefetch_factor: int
+    scenario: Scenario,
+    variant: str,
+    num_workers: int,
+    prefetch_factor: int,
+    dataset: Any = None,
 ) -> Any:
-    """PyTorch's ``DataLoader`` over the files (see the module docstring)."""
+    """PyTorch's ``DataLoader`` over the files (or ``dataset``; module docstring)."""
     import multiprocessing
 
     import torch
     from torch.utils.data import DataLoader
 
-    files, labels = jpeg_files(scenario, variant)
+    if dataset is None:
+        dataset = JpegRecords(*jpeg_files(scenario, variant))
     workers: dict[str, Any] = {}
     if num_workers:
         context = multiprocessing.get_context("forkserver")
@@ -88,7 +99,7 @@ def torch_loader(
             "multiprocessing_context": context,
         }
     return DataLoader(
-        JpegRecords(files, labels),
+        dataset,
         batch_size=scenario.batch_size,
         shuffle=scenario.shuffle,
         drop_last=True,
@@ -133,14 +144,22 @@ def tf_dataset(tf: Any, scenario: Scenario, variant: str) -> Any:
 def grain_dataset(
     scenario: Scenario, variant: str, num_threads: int, processes: int
 ) -> Any:
-    """Grain's pipeline over the files, read ahead by threads or processes."""
+    """Grain's pipeline (files or lines), read ahead by threads or processes."""
     import grain
 
-    records = JpegRecords(*jpeg_files(scenario, variant))
+    if scenario.encoded == "text":
+        records: Any = text_records(scenario, variant)
+    else:
+        records = JpegRecords(*jpeg_files(scenario, variant))
     dataset = grain.MapDataset.range(len(records)).seed(SEED)
     if scenario.shuffle:
         dataset = dataset.shuffle()
-    dataset = dataset.repeat().random_map(records.load).batch(scenario.batch_size)
+    dataset = dataset.repeat()
+    if scenario.encoded == "text":
+        dataset = dataset.map(records.load)
+    else:
+        dataset = dataset.random_map(records.load)
+    dataset = dataset.batch(scenario.batch_size)
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
     iterable = dataset.to_iter_dataset(options)
     if processes:
@@ -160,3 +179,70 @@ def batches_of(iterable: Any) -> Iterator[dict[str, np.ndarray]]:
     """An endless iterator over ``iterable`` (restarted at each epoch's end)."""
     while True:
         yield from iterable
+
+
+# -- TEXT-1 ---------------------------------------------------------------------
+
+
+class TextRecords:
+    """Tokenizes one line per index (picklable: the tokenizer travels as JSON)."""
+
+    def __init__(self, lines: list[str], tokenize: Tokenize):
+        self.lines, self.tokenize = lines, tokenize
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        """Line ``index`` tokenized."""
+        return self.tokenize.one(self.lines[int(index)])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self.load(index)
+
+
+def text_records(scenario: Scenario, variant: str) -> TextRecords:
+    """The scenario's lines and tokenizer."""
+    lines, tokenizer_json = read_corpus(scenario.variants[variant].num_records)
+    return TextRecords(lines, Tokenize(tokenizer_json))
+
+
+def torch_text_loader(
+    scenario: Scenario, variant: str, num_workers: int, prefetch_factor: int
+) -> Any:
+    """PyTorch: a line per ``__getitem__``, worker processes, default collate."""
+    return torch_loader(scenario, variant, num_workers, prefetch_factor,
+                        dataset=text_records(scenario, variant))  # fmt: skip
+
+
+def tf_text_dataset(tf: Any, scenario: Scenario, variant: str) -> Any:
+    """tf.data: lines batched, each batch tokenized by ``tf.py_function``.
+
+    A Python tokenizer enters tf.data through ``py_function`` (TensorFlow's
+    guide); mapped after ``batch``, one call tokenizes a whole batch with
+    ``encode_batch`` (Rust threads), in parallel maps (``AUTOTUNE``).
+    """
+    records = text_records(scenario, variant)
+    size, length = scenario.batch_size, scenario.fields["tokens"].shape[0]
+
+    def encode(lines: Any) -> tuple[np.ndarray, np.ndarray]:
+        batch = records.tokenize.batch([line.decode() for line in lines.numpy()])
+        return batch["tokens"], batch["length"]
+
+    def load(lines: Any) -> dict[str, Any]:
+        tokens, lengths = tf.py_function(encode, [lines], (tf.int32, tf.int32))
+        tokens.set_shape((size, length))
+        lengths.set_shape((size,))
+        return {"tokens": tokens, "length": lengths}
+
+    dataset = tf.data.Dataset.from_tensor_slices(records.lines)
+    if scenario.shuffle:
+        dataset = dataset.shuffle(
+            len(records), seed=SEED, reshuffle_each_iteration=True
+        )
+    return (
+        dataset.repeat()
+        .batch(size, drop_remainder=True)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -18,7 +18,7 @@ from datarax.bench._augment import (
     JITTER,
     PIXEL_MAX,
 )
-from datarax.bench._peers._jpeg import tf_dataset
+from datarax.bench._peers._jpeg import tf_dataset, tf_text_dataset
 from datarax.bench._scenarios import (
     BRIGHTNESS,
     NOISE_STD,
@@ -107,7 +107,8 @@ class TFDataAdapter(IteratorAdapter):
         tf = _import_tf()
         autotune = tf.data.AUTOTUNE
         if scenario.encoded:
-            self._dataset = tf_dataset(tf, scenario, variant)
+            make = tf_dataset if scenario.encoded == "jpeg" else tf_text_dataset
+            self._dataset = make(tf, scenario, variant)
             return
         if scenario.on_disk:
             records = _npy_records(tf, scenario, workdir)

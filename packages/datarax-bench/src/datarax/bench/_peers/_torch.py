@@ -22,7 +22,7 @@ from datarax.bench._augment import (
     crop_windows_numpy,
 )
 from datarax.bench._jpeg import decoder, default_workers
-from datarax.bench._peers._jpeg import batches_of, torch_loader
+from datarax.bench._peers._jpeg import batches_of, torch_loader, torch_text_loader
 from datarax.bench._peers._stream import IndexStream, gather, source_arrays, stream_for
 from datarax.bench._scenarios import Scenario, apply_numpy
 
@@ -246,7 +246,8 @@ class TorchAdapter(IteratorAdapter):
             # DataLoader's documented setting for CPU-bound per-record work.
             if self._default_workers:
                 self.num_workers = default_workers()
-            self._loader = torch_loader(
+            make = torch_loader if scenario.encoded == "jpeg" else torch_text_loader
+            self._loader = make(
                 scenario, variant, self.num_workers, self.prefetch_factor
             )
             self._epochs = True
