@@ -514,3 +514,27 @@ def test_import_without_the_extra_names_the_install_command(monkeypatch):
         ImportError, match=re.escape('pip install "datarax-integrations[tfds]"')
     ):
         importlib.import_module("datarax.integrations.tfds")
+
+
+def test_text_and_variable_length_features_as_host_records(data_dir):
+    from datarax.integrations.tfds import TFDSRecords
+    from datarax.sources import HostMapSource
+
+    records = TFDSRecords("datarax_mixed", split="train", data_dir=data_dir)
+    assert len(records) == 5 and set(records.record(0)) == {"x", "text", "ragged"}
+
+    def fixed(record, rng):  # text -> its record number; ragged -> padded to 4
+        ragged = np.zeros(4, np.int32)
+        ragged[: len(record["ragged"])] = record["ragged"]
+        return {"n": int(record["text"].split()[1]), "ragged": ragged, "x": record["x"]}
+
+    pipe = Pipeline(source=HostMapSource(records, [fixed]), batch_size=5)
+    batch = next(iter(pipe))
+    order = np.asarray(batch["n"])  # TFDS's own order (shuffled by key)
+    assert sorted(order.tolist()) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(batch["x"][:, 0], order)
+    assert [int((row != 0).sum()) for row in np.asarray(batch["ragged"])] == [
+        max(0, n - 1) for n in order
+    ]
+    with pytest.raises(ValueError, match="features=.*must name each"):
+        TFDSRecords("datarax_mixed", split="train", data_dir=data_dir, features=["no"])

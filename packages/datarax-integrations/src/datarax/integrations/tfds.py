@@ -6,7 +6,9 @@ builder prepared with ``file_format="array_record"`` without TensorFlow, by
 random access (``scan``, ``step``, shuffling, exact resume). A builder prepared in
 TFDS's default ``tfrecord`` format can only be read in order, through TensorFlow:
 ``TFDSSource`` reads it whole, and ``TFDSStreamingSource`` over it is
-iteration-only.
+iteration-only. ``TFDSRecords`` serves any feature (``Image`` bytes, ``Text``,
+variable-length tensors) as host records, for a ``datarax.sources.HostMapSource``
+that decodes them on worker threads or processes.
 
 Needs the ``[tfds]`` extra: ``pip install "datarax-integrations[tfds]"``.
 """
@@ -15,6 +17,7 @@ from datarax.integrations._extras import require
 
 require("tfds", "tensorflow_datasets")
 
+from datarax.integrations._tfds_records import TFDSRecords as TFDSRecords  # noqa: E402
 from datarax.integrations._tfds_source import (  # noqa: E402 (after the guard)
     TFDSIterableSource as TFDSIterableSource,
     TFDSRandomAccessSource as TFDSRandomAccessSource,
@@ -25,6 +28,7 @@ from datarax.integrations._tfds_source import (  # noqa: E402 (after the guard)
 __all__ = [
     "TFDSIterableSource",
     "TFDSRandomAccessSource",
+    "TFDSRecords",
     "TFDSSource",
     "TFDSStreamingSource",
 ]
