@@ -6,6 +6,7 @@ import gc
 import itertools
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import hostfns
@@ -213,6 +214,16 @@ def test_stats_show_where_the_time_went(folder):
     assert stats.stage_seconds["decode"] > 0 and stats.records_per_second > 0
 
 
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    """Whether ``condition()`` holds within ``seconds`` (workers stop unwaited)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def _host_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("datarax-host")]
 
@@ -224,7 +235,7 @@ def test_breaking_out_and_dropping_the_pipeline_leaves_no_threads(folder):
     assert _host_threads()
     del pipe
     gc.collect()
-    assert _host_threads() == []
+    assert wait_for(lambda: _host_threads() == [])
 
 
 def test_a_custom_record_source_and_plain_function_stages():
@@ -289,7 +300,7 @@ def test_process_workers_serve_the_thread_stream_and_report_a_death(folder):
     assert int(dying.position[...]) == 6
     del pipe, failing, dying, it
     gc.collect()
-    assert multiprocessing.active_children() == []
+    assert wait_for(lambda: multiprocessing.active_children() == [])
 
 
 def test_a_dropped_pipeline_still_finishes_the_run_it_dispatched(folder):
@@ -298,4 +309,4 @@ def test_a_dropped_pipeline_still_finishes_the_run_it_dispatched(folder):
     gc.collect()
     assert np.asarray(labels).shape == (5, 6)
     gc.collect()
-    assert _host_threads() == []
+    assert wait_for(lambda: _host_threads() == [])

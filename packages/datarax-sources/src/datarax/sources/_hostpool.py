@@ -164,7 +164,7 @@ class HostWorkers:
     def _stop_if_closing(self) -> None:
         if self._closing[0]:
             self._cancel_pending()
-            _shutdown(self._pool)
+            _shutdown(self._pool, wait=False)
 
     def indices(self, positions: np.ndarray, shuffle: np.ndarray | None) -> np.ndarray:
         """Record index at each stream position (natural order, or shuffled)."""
@@ -318,14 +318,21 @@ def _close_when_idle(
     closing[0] = True
     if lock.acquire(blocking=False):
         try:
-            _shutdown(pool)
+            _shutdown(pool, wait=False)
         finally:
             lock.release()
 
 
-def _shutdown(pool: list[futures.Executor]) -> None:
+def _shutdown(pool: list[futures.Executor], *, wait: bool = True) -> None:
+    """Stops the pool's workers; ``wait=False`` from finalizers and inside reads.
+
+    A finalizer may run in any thread, at any time, interpreter exit included,
+    where waiting for worker processes from a collected pipeline's thread while
+    ``concurrent.futures`` joins its own threads hung the process; the
+    executor's manager thread ends the workers without anyone waiting.
+    """
     while pool:
-        pool.pop().shutdown(wait=True, cancel_futures=True)
+        pool.pop().shutdown(wait=wait, cancel_futures=True)
 
 
 def _window_key(start: int, count: int, shuffle: Any, seed: Any) -> tuple:
