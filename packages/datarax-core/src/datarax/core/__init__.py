@@ -4,6 +4,7 @@ from datarax.core._dtypes import convert_for_jax, jax_dtype
 from datarax.core._iterable import IterableSource
 from datarax.core._keys import as_key, fold_in_host
 from datarax.core._pipeline import Pipeline, StreamVar
+from datarax.core._prefetch import at_exit
 from datarax.core._records import operator_key_data
 from datarax.core._scan import default_unroll
 from datarax.core._source import (
@@ -27,6 +28,7 @@ __all__ = [
     "SourceBase",
     "StreamVar",
     "as_key",
+    "at_exit",
     "convert_for_jax",
     "default_unroll",
     "describe_source",

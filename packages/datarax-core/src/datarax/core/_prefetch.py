@@ -175,7 +175,23 @@ def _fill(batches: Iterator[dict[str, Any]], out: queue.Queue, stop: threading.E
             close()  # release the source's readers (and its work ahead)
 
 
-@atexit.register
 def _stop_all() -> None:
     for ahead in list(_RUNNING):
         ahead.close()
+
+
+def at_exit(hook: Any) -> None:
+    """Runs ``hook`` at interpreter exit, before ``concurrent.futures`` joins.
+
+    Registered with ``threading._register_atexit``, as ``concurrent.futures``
+    registers its own exit join; ``atexit`` hooks run after that join, too late
+    for threads that still use its pools.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - every CPython from 3.9 has it
+        atexit.register(hook)
+    else:
+        register(hook)
+
+
+at_exit(_stop_all)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from datarax.core import at_exit
 from datarax.sources._hostwork import (
     FieldSpec,
     Task,
@@ -95,6 +96,8 @@ class HostWorkers:
         # of the same thread must not get in (see close_with).
         self._lock = threading.Lock()
         self._closing = [False]  # the owner is gone: stop the pool when idle
+        self._exiting = False  # the interpreter is exiting: start no pool
+        _LIVE.add(self)
         self._pool: list[futures.Executor] = []  # shared with the finalizer
         self._pending: collections.OrderedDict[tuple, list[futures.Future]] = (
             collections.OrderedDict()
@@ -173,6 +176,11 @@ class HostWorkers:
     # -- the pool ------------------------------------------------------------------
 
     def _executor(self) -> futures.Executor:
+        if self._exiting:
+            raise RuntimeError(
+                "HostMapSource: the interpreter is exiting; no new host workers "
+                "are started."
+            )
         if not self._pool:
             if self.processes:
                 # spawn: a forked child of a process running JAX's threads can
@@ -311,6 +319,17 @@ def default_workers() -> int:
     return max(1, min(8, cores))
 
 
+#: Every pool's owner, stopped at interpreter exit before concurrent.futures
+#: joins its own threads (a pool started after that hangs the exit).
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_all() -> None:
+    for workers in list(_LIVE):
+        workers._exiting = True
+        workers.close()
+
+
 def _close_when_idle(
     lock: threading.Lock, pool: list[futures.Executor], closing: list[bool]
 ) -> None:
@@ -342,3 +361,6 @@ def _window_key(start: int, count: int, shuffle: Any, seed: Any) -> tuple:
         None if shuffle is None else np.asarray(shuffle).tobytes(),
         None if seed is None else np.asarray(seed).tobytes(),
     )
+
+
+at_exit(_close_all)
