@@ -8,6 +8,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from polling import wait_for
 
 from datarax import IterableSource, Pipeline
 from datarax.core import _prefetch
@@ -49,15 +50,6 @@ class Counted(IterableSource):
                 time.sleep(self.delay)
             self.reads.count += 1
             yield {"x": np.arange(start, min(start + 4, 40)) + 100 * epoch}
-
-
-def wait_for(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_batches_are_read_ahead_while_the_consumer_works():

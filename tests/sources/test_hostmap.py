@@ -6,7 +6,6 @@ import gc
 import itertools
 import multiprocessing
 import threading
-import time
 from pathlib import Path
 
 import hostfns
@@ -14,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from polling import wait_for
 
 from datarax import Pipeline
 from datarax.checkpoint import load_state_dict, state_dict
@@ -212,16 +212,6 @@ def test_stats_show_where_the_time_went(folder):
     assert set(stats.stage_seconds) == {"decode", "random_crop"}
     assert stats.bottleneck() in {"read", "decode", "random_crop"}
     assert stats.stage_seconds["decode"] > 0 and stats.records_per_second > 0
-
-
-def wait_for(condition, seconds: float = 10.0) -> bool:
-    """Whether ``condition()`` holds within ``seconds`` (workers stop unwaited)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _host_threads() -> list[str]:
