@@ -122,3 +122,13 @@ def test_a_restore_reopens_the_stream_at_the_restored_position(tmp_path):
     assert [next(it)["x"].tolist() for _ in range(5)] == want[:5]
     pipe.position[...] = np.int32(8)  # moved under the iterator: batches ahead dropped
     assert [next(it)["x"].tolist() for _ in range(3)] == want[2:5]
+
+
+def test_the_thread_stops_at_the_end_of_the_stream():
+    pipe = Pipeline(source=Counted(), batch_size=4, num_epochs=1)
+    it = iter(pipe)
+    for _ in range(5):  # the thread starts after the third batch
+        next(it)
+    thread = it._records._thread
+    assert len(list(it)) == 5 and int(pipe.position[...]) == 40
+    assert wait_for(lambda: not thread.is_alive())  # the iterator is still held

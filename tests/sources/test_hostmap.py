@@ -300,3 +300,40 @@ def test_a_dropped_pipeline_still_finishes_the_run_it_dispatched(folder):
     assert np.asarray(labels).shape == (5, 6)
     gc.collect()
     assert wait_for(lambda: _host_threads() == [])
+
+
+def test_a_clone_keeps_the_workers_after_the_original_is_dropped(folder):
+    from flax import nnx
+
+    def make():
+        return nnx.clone(pipeline(folder, workers=2, num_epochs=None, prefetch=0))
+
+    clone = make()  # the original pipeline (and its source) is gone
+    gc.collect()
+    it = iter(clone)
+    for _ in range(6):
+        next(it)
+    # Still reading ahead: the clone owns the shared workers now.
+    assert clone.source.stats().prefetched_reads >= 4
+    assert _host_threads()
+
+
+def test_a_record_source_that_miscounts_or_cannot_travel_is_named(folder):
+    class Short(HostRecordSource):
+        def __len__(self):
+            return 8
+
+        def record(self, index):
+            return {"x": index}
+
+        def read_records(self, indices):
+            records = [self.record(i) for i in indices]
+            return records[:-1] if len(records) > 1 else records  # one short
+
+    # One worker: each read asks the source for 2 records (2 tasks per worker).
+    short = HostMapSource(Short(), [lambda r, rng: r], workers=1)
+    pipe = Pipeline(source=short, batch_size=4)
+    with pytest.raises(HostStageError, match="returned 1 records for the 2 indices"):
+        next(iter(pipe))
+    with pytest.raises(TypeError, match=r"processes=True\): host stage '<lambda>'"):
+        HostMapSource(ImageFolderSource(folder), [lambda r, rng: r], processes=True)

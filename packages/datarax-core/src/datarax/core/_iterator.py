@@ -158,12 +158,22 @@ class StreamIterator:
     def __iter__(self) -> StreamIterator:
         return self
 
+    def close(self) -> None:
+        """Stops reading ahead and releases the source's reader."""
+        if self._records is not None:
+            self._records.close()
+        self._records = None
+
     def __next__(self) -> Batch:
         stream = self._stream
         source: IterableSource = stream.source  # type: ignore[assignment]
         position = int(stream.position.get_raw_value())
         batch_size = stream.batch_size
-        wanted = records_due(stream, position)
+        try:
+            wanted = records_due(stream, position)
+        except StopIteration:
+            self.close()  # the stream ended: stop reading ahead
+            raise
         if self._records is None or position != self._position:
             if self._records is not None:
                 self._records.close()  # release the backend's reader now

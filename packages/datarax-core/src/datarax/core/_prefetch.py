@@ -32,8 +32,10 @@ GROUP = 16
 GROUP_BYTES = 32 * 2**20
 GROUP_SECONDS = 0.002
 
-# Threads still reading at interpreter exit are stopped and joined first: a
-# daemon thread killed inside jax.device_put aborts the process.
+# Threads still reading at interpreter exit are stopped and joined (at_exit): a
+# daemon thread killed inside jax.device_put aborts the process. Host worker
+# pools stop before concurrent.futures' join, and refuse to start again, so a
+# thread still reading then gets an error rather than a new pool.
 _RUNNING: weakref.WeakSet = weakref.WeakSet()
 
 

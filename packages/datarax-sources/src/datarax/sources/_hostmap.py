@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -91,6 +92,8 @@ class HostMapSource(HostSourceBase):
                     f"HostMapSource {name} must be an int of at least {low}, got "
                     f"{value!r}."
                 )
+        if processes:
+            _check_picklable(records, stages)
         self.records = records
         self.stages = stages
         self.workers = HostWorkers(
@@ -196,6 +199,7 @@ class HostMapSource(HostSourceBase):
         host stages draw. The workers prepare the next ``prefetch`` batches
         ahead; closing the generator cancels them.
         """
+        self.workers.close_with(self)  # a copy (nnx.clone) that reads owns it too
         seed = None if op_key_data is None else np.asarray(op_key_data, np.uint32)
         shuffle = None if key_data is None else np.asarray(key_data, np.uint32)
         position = start
@@ -215,6 +219,24 @@ class HostMapSource(HostSourceBase):
     def close(self) -> None:
         """Stops the workers now (they restart on the next read)."""
         self.workers.close()
+
+
+def _check_picklable(records: Any, stages: tuple[HostOperator, ...]) -> None:
+    """Refuses, with the culprit named, what cannot reach a worker process."""
+    for what, value in [
+        (f"the record source {type(records).__name__}", records),
+        *((f"host stage {stage.name!r}", stage) for stage in stages),
+    ]:
+        try:
+            pickle.dumps(value)
+        except Exception as err:
+            raise TypeError(
+                f"HostMapSource(processes=True): {what} cannot be pickled to the "
+                f"worker processes ({type(err).__name__}: {err}). Define stage "
+                "functions at the top level of an importable module (not lambdas "
+                "or closures), keep only picklable state in the record source, "
+                "or use thread workers (processes=False)."
+            ) from err
 
 
 def _host_stage(stage: Any, number: int) -> HostOperator:

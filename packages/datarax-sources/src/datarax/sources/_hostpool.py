@@ -95,7 +95,8 @@ class HostWorkers:
         # Not reentrant: a finalizer run by the garbage collector inside a read
         # of the same thread must not get in (see close_with).
         self._lock = threading.Lock()
-        self._closing = [False]  # the owner is gone: stop the pool when idle
+        self._closing = [False]  # every owner is gone: stop the pool when idle
+        self._owners: weakref.WeakSet = weakref.WeakSet()
         self._exiting = False  # the interpreter is exiting: start no pool
         _LIVE.add(self)
         self._pool: list[futures.Executor] = []  # shared with the finalizer
@@ -106,15 +107,23 @@ class HostWorkers:
         self._first_read: float | None = None
 
     def close_with(self, owner: object) -> None:
-        """Shuts the pool down when ``owner`` is collected.
+        """Shuts the pool down when ``owner``, and every other owner, is collected.
 
-        Tied to the source module the user made, not to this object: compiled
-        programs cached across pipelines keep their graphs' static attributes
-        (this object among them) alive after the pipeline is gone. A compiled
-        run dispatched before the owner went may still be reading: the pool then
-        stops when that read ends, and a later read starts (and stops) its own.
+        Tied to the source modules that read through this object, not to the
+        object itself: compiled programs cached across pipelines keep their
+        graphs' static attributes (this object among them) alive after the
+        pipeline is gone. Copies of a source (``nnx.clone``) share this object
+        and become owners when they iterate. A compiled run dispatched before
+        the last owner went may still be reading: the pool then stops when that
+        read ends, and a later read starts (and stops) its own.
         """
-        weakref.finalize(owner, _close_when_idle, self._lock, self._pool, self._closing)
+        if owner in self._owners:
+            return
+        self._owners.add(owner)
+        self._closing[0] = False
+        weakref.finalize(
+            owner, _close_when_idle, self._lock, self._pool, self._closing, self._owners
+        )
 
     # -- reads -------------------------------------------------------------------
 
@@ -148,10 +157,9 @@ class HostWorkers:
                     continue
                 positions = np.arange(first, first + count)
                 self._pending[ahead_key] = self._submit(positions, shuffle, seed)
-            try:
-                return self._collect(jobs, count, prefetched)
-            finally:
-                self._stop_if_closing()
+            out = self._collect(jobs, count, prefetched)
+        self._stop_if_closing()
+        return out
 
     def at(
         self, positions: np.ndarray, shuffle: np.ndarray | None, seed: np.ndarray | None
@@ -159,15 +167,22 @@ class HostWorkers:
         """The host stages' output for arbitrary stream ``positions`` (no prefetch)."""
         with self._lock, self._reporting_death():
             jobs = self._submit(np.asarray(positions, np.int64), shuffle, seed)
-            try:
-                return self._collect(jobs, len(positions), False)
-            finally:
-                self._stop_if_closing()
+            out = self._collect(jobs, len(positions), False)
+        self._stop_if_closing()
+        return out
 
     def _stop_if_closing(self) -> None:
-        if self._closing[0]:
-            self._cancel_pending()
-            _shutdown(self._pool, wait=False)
+        """Stops the pool after a read if the last owner went during it.
+
+        Called with the lock released: the finalizer's own attempt found it
+        taken.
+        """
+        if self._closing[0] and self._lock.acquire(blocking=False):
+            try:
+                self._cancel_pending()
+                _shutdown(self._pool, wait=False)
+            finally:
+                self._lock.release()
 
     def indices(self, positions: np.ndarray, shuffle: np.ndarray | None) -> np.ndarray:
         """Record index at each stream position (natural order, or shuffled)."""
@@ -331,9 +346,20 @@ def _close_all() -> None:
 
 
 def _close_when_idle(
-    lock: threading.Lock, pool: list[futures.Executor], closing: list[bool]
+    lock: threading.Lock,
+    pool: list[futures.Executor],
+    closing: list[bool],
+    owners: weakref.WeakSet,
 ) -> None:
-    """The owner's finalizer: stop the pool now, or after the read in progress."""
+    """An owner's finalizer: the last one stops the pool.
+
+    Now, or after the read in progress, which looks again once it releases
+    the lock.
+    """
+    # Iterating yields live owners only; the dying one's entry may still count
+    # in len() until its own weakref callback runs.
+    if next(iter(owners), None) is not None:
+        return
     closing[0] = True
     if lock.acquire(blocking=False):
         try:

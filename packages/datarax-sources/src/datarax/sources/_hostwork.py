@@ -105,6 +105,17 @@ def run_task(
         position, index = int(task.positions[0]), int(task.indices[0])
         raise _failed(stage="read", position=position, index=index, err=err) from err
     seconds[0] = time.perf_counter() - tick
+    if len(rows) != len(task.indices):
+        position, index = int(task.positions[0]), int(task.indices[0])
+        raise HostStageError(
+            f"{type(records).__name__}.read_records returned {len(rows)} records "
+            f"for the {len(task.indices)} indices it was asked for (from stream "
+            f"position {position}, record {index}); return one record per index, "
+            "in the order asked.",
+            position,
+            "read",
+            index,
+        )
     outputs = []
     for position, index, record in zip(task.positions, task.indices, rows, strict=True):
         for number, stage in enumerate(stages):
