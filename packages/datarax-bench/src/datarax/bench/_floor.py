@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from datarax.bench._adapter import Adapter, register_adapter
+from datarax.bench._adapter import Adapter, _jitted, register_adapter
 from datarax.bench._consumers import Consumer, batch_sharding, consumer_of
 from datarax.bench._jpeg import HandLoop
 from datarax.bench._scenarios import Scenario, apply_jax
@@ -181,12 +181,7 @@ def _host_step(step: Callable, scenario: Scenario) -> Callable:
     """``step`` jitted for host batches (behind ``normalize`` when it has one)."""
     if "normalize" in scenario.ops:
         return _normalized_step(step, scenario.scale, scenario.shift)
-    return _jitted_step(step)
-
-
-@functools.cache
-def _jitted_step(step: Callable) -> Callable:
-    return jax.jit(step)
+    return _jitted(step)
 
 
 @functools.cache

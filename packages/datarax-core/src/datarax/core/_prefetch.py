@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import numpy as np
+
+from datarax.core._compiled import nbytes
 
 #: Seconds a blocked hand-off waits before it looks whether it was stopped.
 _POLL = 0.1
@@ -87,8 +88,7 @@ class Ahead:
     def _read_here(self) -> dict[str, Any]:
         tick = time.perf_counter()
         batch = next(self._batches)
-        size = sum(np.asarray(v).nbytes for v in batch.values())
-        self._probed.append((time.perf_counter() - tick, size))
+        self._probed.append((time.perf_counter() - tick, nbytes(batch)))
         return batch
 
     def _worth_a_thread(self) -> bool:
@@ -155,8 +155,7 @@ def _fill(batches: Iterator[dict[str, Any]], out: queue.Queue, stop: threading.E
             if stop.is_set():
                 return
             if not group:
-                size = sum(np.asarray(v).nbytes for v in batch.values())
-                most = max(1, min(GROUP, GROUP_BYTES // max(1, size)))
+                most = max(1, min(GROUP, GROUP_BYTES // max(1, nbytes(batch))))
             group.append(batch)
             # since: before this group's first read, so a slow read counts.
             if len(group) < most and time.perf_counter() - since < GROUP_SECONDS:

@@ -61,20 +61,33 @@ class HostSourceBase(OrderedSource):
         ``None``), checked and cast to the element spec like a callback's read.
         """
         del op_key_data  # records are read, not drawn
-        spec, owner = self.element_spec, type(self).__name__
+        spec = self.element_spec
         position = start
         while True:
             positions = np.arange(position, position + batch_size, dtype=np.int64)
-            rows = host_indices(positions, self.length, key_data)
-            fields = _checked_host_read(owner, self.host_read(rows), spec, len(rows))
-            yield {
-                name: convert_for_jax(
-                    np.asarray(fields[name]), s.dtype, owner=owner, field=name,
-                    records=rows,
-                )
-                for name, s in spec.items()
-            }  # fmt: skip
+            yield self._checked_rows(
+                host_indices(positions, self.length, key_data), spec
+            )
             position += batch_size
+
+    def _checked_rows(
+        self, rows: np.ndarray, spec: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """:meth:`host_read` of ``rows`` (1-d int64), checked and cast to ``spec``.
+
+        Every host read goes through here, the callback's and iteration's.
+        Checked per read, not per file at open: a scan at open would read the
+        whole dataset before the first batch. Only fields the cast narrows
+        (64-bit without x64) pay a min/max; see ``convert_for_jax``.
+        """
+        owner = type(self).__name__
+        fields = _checked_host_read(owner, self.host_read(rows), spec, len(rows))
+        return {
+            name: convert_for_jax(
+                fields[name], s.dtype, owner=owner, field=name, records=rows
+            )
+            for name, s in spec.items()
+        }
 
     def steps_per_read(self, batch_size: int) -> int:
         """Batches per read: about ``READ_BYTES`` of records, at most 64."""
@@ -99,24 +112,14 @@ class HostSourceBase(OrderedSource):
             jax.ShapeDtypeStruct((*index.shape, *s.shape), s.dtype)
             for s in spec.values()
         )
-        read, owner = self.host_read, type(self).__name__
+        checked = self._checked_rows
 
         def callback(rows: np.ndarray) -> tuple[np.ndarray, ...]:
             flat = np.asarray(rows, dtype=np.int64).reshape(-1)
-            fields = _checked_host_read(owner, read(flat), spec, flat.size)
-            # Checked per read, not per file at open: a scan at open would read
-            # the whole dataset before the first batch. Only fields the cast
-            # narrows (64-bit without x64) pay a min/max; see convert_for_jax.
-            held = (
-                convert_for_jax(
-                    fields[name], s.dtype, owner=owner, field=name, records=flat
-                )
-                for name, s in spec.items()
-            )
+            held = checked(flat, spec)
             # Under vmap, rows carry the batched axes too: shape from rows.
             return tuple(
-                array.reshape(*rows.shape, *s.shape)
-                for array, s in zip(held, spec.values(), strict=True)
+                held[name].reshape(*rows.shape, *s.shape) for name, s in spec.items()
             )
 
         values = jax.pure_callback(callback, shapes, index, vmap_method="expand_dims")

@@ -136,44 +136,47 @@ class HostMapSource(HostSourceBase):
     def read(self, plan: Any, start: jax.Array, batch_size: int, key: Any) -> Batch:
         """The records at ``start...``, from the workers through one host callback."""
         del plan
-        workers, spec = self.workers, self.workers.spec
-        shuffle, seed = _key_words(key), operator_key_data()
-        self._check_seed(seed)
+        workers = self.workers
 
-        def callback(start: np.ndarray, *words: np.ndarray) -> tuple[np.ndarray, ...]:
-            shuffle_words, seed_words = _unpacked(words, shuffle, seed)
-            out = workers.window(int(start), batch_size, shuffle_words, seed_words)
-            return tuple(out[name] for name in spec)
+        def fetch(start: np.ndarray, shuffle: Any, seed: Any) -> dict[str, np.ndarray]:
+            return workers.window(int(start), batch_size, shuffle, seed)
 
-        operands = [w for w in (shuffle, seed) if w is not None]
-        return self._call(callback, (batch_size,), jnp.asarray(start), *operands)
+        return self._read_on_host(fetch, (batch_size,), jnp.asarray(start), key)
 
     def read_at(self, plan: Any, positions: jax.Array, key: Any) -> Batch:
         """The records at arbitrary stream ``positions``, through one callback."""
         del plan
-        workers, spec = self.workers, self.workers.spec
+        workers = self.workers
+
+        def fetch(positions: np.ndarray, shuffle: Any, seed: Any) -> dict:
+            return workers.at(positions.reshape(-1), shuffle, seed)
+
+        return self._read_on_host(fetch, positions.shape, positions, key)
+
+    def _read_on_host(
+        self, fetch: Any, lead: tuple[int, ...], where: jax.Array, key: Any
+    ) -> Batch:
+        """``fetch(where, shuffle words, seed words)`` through one host callback.
+
+        The shuffle key's and the operator key's words travel as operands (the
+        ones present), so the workers see the run's keys, traced or not.
+        """
+        spec = self.workers.spec
         shuffle, seed = _key_words(key), operator_key_data()
         self._check_seed(seed)
 
-        def callback(
-            positions: np.ndarray, *words: np.ndarray
-        ) -> tuple[np.ndarray, ...]:
-            shuffle_words, seed_words = _unpacked(words, shuffle, seed)
-            out = workers.at(positions.reshape(-1), shuffle_words, seed_words)
+        def callback(where: np.ndarray, *words: np.ndarray) -> tuple[np.ndarray, ...]:
+            out = fetch(where, *_unpacked(words, shuffle, seed))
             return tuple(out[name] for name in spec)
 
-        operands = [w for w in (shuffle, seed) if w is not None]
-        return self._call(callback, positions.shape, positions, *operands)
-
-    def _call(self, callback: Any, lead: tuple[int, ...], *operands: Any) -> Batch:
         shapes = tuple(
-            jax.ShapeDtypeStruct((*lead, *s.shape), s.dtype)
-            for s in self.workers.spec.values()
+            jax.ShapeDtypeStruct((*lead, *s.shape), s.dtype) for s in spec.values()
         )
+        operands = [w for w in (shuffle, seed) if w is not None]
         values = jax.pure_callback(
-            callback, shapes, *operands, vmap_method="sequential"
+            callback, shapes, where, *operands, vmap_method="sequential"
         )
-        return dict(zip(self.workers.spec, values, strict=True))
+        return dict(zip(spec, values, strict=True))
 
     def _check_seed(self, seed: Any) -> None:
         if seed is None and any(s.stochastic for s in self.stages):
