@@ -177,6 +177,22 @@ def test_core_wheel_pulls_no_heavy_dependency(wheels):
 
 
 @pytest.mark.slow
+def test_the_demo_environment_pulls_no_decoder_or_tokenizer(wheels):
+    """demo.sh installs the bench without extras: the encoded scenarios' OpenCV
+    and tokenizers come only with [encoded] (or [peers])."""
+    lines = _metadata(wheels["datarax-bench"])
+    requires = [
+        line.split(": ", 1)[1] for line in lines if line.startswith("Requires-Dist")
+    ]
+    encoders = {"opencv-python-headless", "tokenizers"}
+    plain = _closure(requires + [f"datarax-integrations[all]=={VERSION}"])
+    assert not plain & encoders, plain & encoders
+    for extra in ("encoded", "peers"):
+        named = {_name(r) for r in requires if re.search(f"extra == .{extra}.", r)}
+        assert encoders <= named, (extra, named)
+
+
+@pytest.mark.slow
 def test_wheels_installed_side_by_side_share_the_namespace(wheels, tmp_path):
     """A fresh venv with the four wheels (and, through a .pth file, this
     environment's third-party packages, but not its editable datarax)."""

@@ -64,6 +64,7 @@ def _lines(count: int) -> list[str]:
 
 
 def _trained(lines: list[str]) -> Any:
+    _tokenizers()  # installed, or a clear error
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
@@ -87,6 +88,19 @@ def read_corpus(count: int) -> tuple[list[str], str]:
     return lines, (root / "tokenizer.json").read_text()
 
 
+def _tokenizers() -> Any:
+    """HF ``tokenizers``, or an error naming the extra that installs it."""
+    try:
+        import tokenizers
+    except ImportError as error:
+        raise ImportError(
+            "TEXT-1 tokenizes with HF tokenizers, which is not installed: "
+            'pip install "datarax-bench[encoded]" (or [peers]), or leave '
+            "TEXT-1 out with --scenarios"
+        ) from error
+    return tokenizers
+
+
 class Tokenize:
     """``line -> (ids padded to LENGTH, length)``; picklable (rebuilt from JSON).
 
@@ -103,9 +117,7 @@ class Tokenize:
 
     def _get(self) -> Any:
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
-            self._tokenizer = Tokenizer.from_str(self.tokenizer_json)
+            self._tokenizer = _tokenizers().Tokenizer.from_str(self.tokenizer_json)
         return self._tokenizer
 
     def one(self, line: str) -> dict[str, np.ndarray]:
