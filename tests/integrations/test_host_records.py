@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import wave
 
 import hostfns
 import numpy as np
@@ -82,6 +83,71 @@ def test_hf_image_and_string_columns_through_host_stages():
     batch = next(iter(text))
     assert batch["length"].tolist() == [min(8, len(t)) for t in table["text"]]
     assert bytes(np.asarray(batch["ids"][1], np.uint8)).rstrip(b"\0") == b"word end"
+
+
+SAMPLES = 512
+
+
+def wav(seed: int) -> bytes:
+    """A mono 16-bit WAV of ``300 + 40 * seed`` samples, a saw of period seed + 2."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(8000)
+        writer.writeframes(saw(seed).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def saw(seed: int) -> np.ndarray:
+    return (np.arange(300 + 40 * seed) % (seed + 2) * 100).astype(np.int16)
+
+
+def decode_wav(record, rng):
+    """An HF ``Audio(decode=False)`` value -> SAMPLES int16 samples, zero-padded."""
+    with wave.open(io.BytesIO(record["audio"]["bytes"])) as reader:
+        samples = np.frombuffer(reader.readframes(reader.getnframes()), "<i2")
+    out = np.zeros(SAMPLES, np.int16)
+    out[: min(SAMPLES, len(samples))] = samples[:SAMPLES]
+    return {"audio": out, "frames": len(samples), "label": record["label"]}
+
+
+@pytest.mark.hf
+def test_hf_audio_column_through_host_stages():
+    datasets = pytest.importorskip("datasets")
+    hf = pytest.importorskip("datarax.integrations.hf")
+    # datasets encodes audio only with torchcodec; a column of WAV bytes cast to
+    # Audio is what a dataset of audio files holds, and needs no encoder.
+    ds = datasets.Dataset.from_dict(
+        {
+            "audio": [{"bytes": wav(i), "path": None} for i in range(N)],
+            "label": list(range(N)),
+        },
+        features=datasets.Features(
+            audio={"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+            label=datasets.Value("int64"),
+        ),
+    ).cast_column("audio", datasets.Audio(sampling_rate=8000))
+    with pytest.raises(ValueError, match="hf.HFRecords"):
+        hf.HFSource(ds)
+    records = hf.HFRecords(ds, decode=False)
+    assert records.record(2)["audio"]["bytes"] == wav(2)
+    pipe = Pipeline(
+        source=HostMapSource(records, [HostOperator(decode_wav)], workers=2),
+        batch_size=5,
+        shuffle=True,
+        num_epochs=1,
+    )
+    batches = list(pipe)
+    labels = np.concatenate([b["label"] for b in batches])
+    assert sorted(labels.tolist()) == list(range(N))
+    audio = np.concatenate([b["audio"] for b in batches])
+    frames = np.concatenate([b["frames"] for b in batches])
+    for row, label, count in zip(audio, labels, frames, strict=True):
+        expected = np.zeros(SAMPLES, np.int16)
+        expected[: min(SAMPLES, count)] = saw(int(label))[:SAMPLES]
+        assert count == 300 + 40 * label
+        np.testing.assert_array_equal(row, expected)
 
 
 @pytest.mark.arrayrecord

@@ -538,3 +538,71 @@ def test_text_and_variable_length_features_as_host_records(data_dir):
     ]
     with pytest.raises(ValueError, match="features=.*must name each"):
         TFDSRecords("datarax_mixed", split="train", data_dir=data_dir, features=["no"])
+
+
+class DataraxImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Six JPEG-encoded images (green channel 40 * label) and their labels."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None  # as DataraxTiny
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(12, 16, 3), encoding_format="jpeg"
+                    ),
+                    "label": tfds.features.ClassLabel(num_classes=6),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(6):
+            pixels = np.zeros((12, 16, 3), np.uint8)
+            pixels[..., 1] = 40 * i
+            yield i, {"image": pixels, "label": i}
+
+
+def test_image_feature_bytes_decoded_in_host_stages(tmp_path):
+    # TFDS encodes Image features with TensorFlow when preparing (reading them
+    # back needs none): where TensorFlow is not installed there is nothing to read.
+    pytest.importorskip("tensorflow")
+    import hostfns
+
+    from datarax.integrations.tfds import TFDSRecords
+    from datarax.sources import HostMapSource
+
+    DataraxImages(
+        data_dir=str(tmp_path), file_format="array_record"
+    ).download_and_prepare()
+    builder = DataraxImages(data_dir=str(tmp_path))
+    records = TFDSRecords(
+        builder, split="train", decoders={"image": tfds.decode.SkipDecoding()}
+    )
+    assert records.record(0)["image"][:2] == b"\xff\xd8"  # the JPEG itself
+    pipe = Pipeline(
+        source=HostMapSource(records, [hostfns.decode], workers=2),
+        batch_size=6,
+        shuffle=True,
+    )
+    batch = next(iter(pipe))
+    labels = np.asarray(batch["label"])
+    assert sorted(labels.tolist()) == list(range(6))
+    assert batch["image"].shape == (6, 12, 16, 3)
+    np.testing.assert_allclose(
+        np.asarray(batch["image"])[..., 1].mean((1, 2)), 40 * labels, atol=3
+    )
+    # TFDS's own decoding of the same feature: the same pixels.
+    decoded = TFDSRecords(builder, split="train")
+    for index in range(6):
+        np.testing.assert_allclose(
+            decoded.record(index)["image"],
+            hostfns.decode(records.record(index), None)["image"],
+            atol=2,
+        )
