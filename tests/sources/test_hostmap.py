@@ -5,6 +5,10 @@ from __future__ import annotations
 import gc
 import itertools
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -291,6 +295,45 @@ def test_process_workers_serve_the_thread_stream_and_report_a_death(folder):
     del pipe, failing, dying, it
     gc.collect()
     assert wait_for(lambda: multiprocessing.active_children() == [])
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_loop_ends_the_program_and_its_workers(folder):
+    """A terminal's Ctrl-C (SIGINT to the process group) stops a loop whose host
+    stages run in worker processes and whose batches a thread prefetches: the
+    program ends with its KeyboardInterrupt, promptly, and leaves no process."""
+    import psutil
+
+    script = Path(hostfns.__file__).with_name("interrupted.py")
+    env = {**os.environ, "PYTHONPATH": str(script.parent), "JAX_PLATFORMS": "cpu"}
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal's job
+    )
+    try:
+        ready = child.stdout.readline().split()
+        assert ready[:1] == ["ready"], child.communicate(timeout=60)
+        workers = [psutil.Process(int(pid)) for pid in ready[1:]]
+        assert workers  # the worker processes (and multiprocessing's tracker)
+        os.killpg(child.pid, signal.SIGINT)
+        _, err = child.communicate(timeout=60)  # a hang fails here
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == -signal.SIGINT, err
+    assert "KeyboardInterrupt" in err
+
+    def ended(process: psutil.Process) -> bool:
+        try:  # a zombie has ended; only its parent's reaping is left
+            return process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_for(lambda: all(ended(worker) for worker in workers))
 
 
 def test_a_dropped_pipeline_still_finishes_the_run_it_dispatched(folder):

@@ -7,6 +7,7 @@ output once (:func:`init_process`) and then only positions per task.
 
 from __future__ import annotations
 
+import signal
 import time
 import traceback
 import zlib
@@ -233,8 +234,14 @@ _WORKER: tuple[Any, Sequence[Any], Mapping[str, FieldSpec]] | None = None
 def init_process(
     records: Any, stages: Sequence[Any], spec: Mapping[str, FieldSpec]
 ) -> None:
-    """Receives what every task of this worker process needs, once."""
+    """Receives what every task of this worker process needs, once.
+
+    The worker ignores SIGINT: a terminal's Ctrl-C reaches the whole process
+    group, and the main process, which gets its KeyboardInterrupt, stops the
+    workers; a worker interrupted mid-task would only print a second traceback.
+    """
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = (records, stages, spec)
 
 
