@@ -260,6 +260,39 @@ def test_a_custom_record_source_and_plain_function_stages():
         HostOperator(lambda record: record)
 
 
+class Counted(HostRecordSource):
+    """``count`` records ``{"n": index}``."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def record(self, index: int) -> dict:
+        return {"n": index}
+
+
+def big_image(record, rng):
+    """A 256x256x3 image filled with the record's number (mod 256)."""
+    return {"image": np.full((256, 256, 3), record["n"] % 256, np.uint8)}
+
+
+def test_scan_reads_big_batches_in_order_so_each_was_prepared_ahead():
+    # 6 MiB batches: scan reads one per host callback. Unrolled, XLA ran those
+    # independent callbacks out of stream order and the read-ahead missed.
+    def build() -> Pipeline:
+        source = HostMapSource(Counted(512), [big_image], workers=2)
+        return Pipeline(source=source, batch_size=32, shuffle=True)
+
+    pipe = build()
+    firsts = pipe.scan(lambda batch: batch["image"][:, 0, 0, 0], length=12)
+    stats = pipe.source.stats()
+    assert (stats.reads, stats.prefetched_reads) == (12, 11)
+    want = stream(itertools.islice(build(), 12))["image"][:, 0, 0, 0]
+    np.testing.assert_array_equal(np.asarray(firsts).reshape(-1), want)
+
+
 @pytest.mark.slow
 def test_process_workers_serve_the_thread_stream_and_report_a_death(folder):
     want = stream(pipeline(folder, workers=1))

@@ -33,7 +33,9 @@ from datarax.core._stages import takes_positional
 StepFn = Callable[..., Any]
 
 
-def default_unroll(batch_bytes: int, num_modules: int = 0) -> int:
+def default_unroll(
+    batch_bytes: int, num_modules: int = 0, *, host_read_each_step: bool = False
+) -> int:
     """The ``lax.scan`` unroll that ``Pipeline.scan`` uses when none is given.
 
     On XLA:CPU (2 cores) the best unroll of a data-bound loop (no modules:
@@ -45,16 +47,23 @@ def default_unroll(batch_bytes: int, num_modules: int = 0) -> int:
     under 256 KiB 1, else 8. A training step (modules given) gained 15% at unroll
     8 on the digits demo but compiled 3x longer (3.8 s against 1.2 s): 1. GPU and
     TPU run each step as a few large kernels, where unrolling mostly lengthens
-    compiles: 1. Pass ``unroll=`` to ``scan`` to choose yourself.
+    compiles: 1. A source read through one host callback per step (batches too
+    large to read several at once, as decoded images): 1. The callbacks of an
+    unrolled body do not depend on each other, and XLA:CPU ran them out of stream
+    order, which defeated host workers' read-ahead (CV-JPEG's scan: 1,190 images/s
+    at unroll 8, none of its reads prepared ahead). Pass ``unroll=`` to ``scan``
+    to choose yourself.
 
     Args:
         batch_bytes: bytes of one batch as the stages produce it.
         num_modules: how many modules the step receives.
+        host_read_each_step: whether every step reads its batch through its own
+            host callback.
 
     Returns:
         The unroll factor.
     """
-    if jax.default_backend() != "cpu" or num_modules:
+    if jax.default_backend() != "cpu" or num_modules or host_read_each_step:
         return 1
     if batch_bytes < 256 * 2**10:
         return 1
@@ -204,7 +213,13 @@ def scan_builder(
     def build(spec: GraphSpec, graph: Graph) -> Compiled:
         chosen = unroll
         if chosen is None:
-            chosen = default_unroll(nbytes(probe_batch(graph)[1]), num_modules)
+            stream: Stream = graph.nodes()[0]
+            chosen = default_unroll(
+                nbytes(probe_batch(graph)[1]),
+                num_modules,
+                host_read_each_step=stream.source.reads_on_host
+                and min(length, steps_per_read(stream)) == 1,
+            )
         return build_scan(
             spec, step_fn, length=length, has_carry=has_carry, unroll=chosen
         )

@@ -213,7 +213,16 @@ def erase(
 def normalize(
     image: jax.Array, mean: Sequence[float] | float, std: Sequence[float] | float
 ) -> jax.Array:
-    """``(image - mean) / std`` per channel, as float32."""
-    mean_a = np.asarray(mean, np.float32)
-    std_a = np.asarray(std, np.float32)
-    return (image.astype(jnp.float32) - mean_a) / std_a
+    """``(image - mean) / std`` per channel, as float32.
+
+    Computed as ``image * (1 / std) + (-mean / std)``, both constants rounded to
+    float32 once from float64: within a few float32 ulps of the division (2.4e-7
+    at most for uint8 pixels and ImageNet's statistics), and faster. On XLA:CPU a
+    consumer that reduces the normalized batch fuses it into the reduction, where
+    the subtract-and-divide form ran at half the speed (41 against 20 ms per
+    64x224x224x3 uint8 batch, normalize and sum in ``scan``; 7% apart alone).
+    """
+    std64 = np.asarray(std, np.float64)
+    scale = (1.0 / std64).astype(np.float32)
+    shift = (-np.asarray(mean, np.float64) / std64).astype(np.float32)
+    return image.astype(jnp.float32) * scale + shift
