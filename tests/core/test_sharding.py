@@ -6,8 +6,10 @@ import textwrap
 
 import pytest
 
-# A subprocess with four forced CPU devices runs every case (module fixture).
-pytestmark = pytest.mark.slow
+# A subprocess with four forced CPU devices runs every case (module fixture),
+# once: the module's tests stay on one xdist worker (each worker would run the
+# module fixture again, 30-40 s of a subprocess).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sharding")]
 
 SCRIPT = textwrap.dedent(
     """
