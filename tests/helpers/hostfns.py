@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from datarax.sources import HostRecordSource
+
 #: Side of the square crops the tests' images are cut to.
 CROP = 24
 
@@ -49,3 +51,21 @@ def exit_on_label_1(record: dict[str, Any], rng: None) -> dict[str, Any]:
     if record["label"] == 1:
         os._exit(3)
     return record
+
+
+def big_image(record: dict[str, Any], rng: None) -> dict[str, Any]:
+    """A 256x256x3 image filled with the record's number ``n`` (mod 256)."""
+    return {"image": np.full((256, 256, 3), record["n"] % 256, np.uint8)}
+
+
+class Counted(HostRecordSource):
+    """``count`` records ``{"n": index}``."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def record(self, index: int) -> dict:
+        return {"n": index}

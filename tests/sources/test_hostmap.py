@@ -260,29 +260,11 @@ def test_a_custom_record_source_and_plain_function_stages():
         HostOperator(lambda record: record)
 
 
-class Counted(HostRecordSource):
-    """``count`` records ``{"n": index}``."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def record(self, index: int) -> dict:
-        return {"n": index}
-
-
-def big_image(record, rng):
-    """A 256x256x3 image filled with the record's number (mod 256)."""
-    return {"image": np.full((256, 256, 3), record["n"] % 256, np.uint8)}
-
-
 def test_scan_reads_big_batches_in_order_so_each_was_prepared_ahead():
     # 6 MiB batches: scan reads one per host callback. Unrolled, XLA ran those
     # independent callbacks out of stream order and the read-ahead missed.
     def build() -> Pipeline:
-        source = HostMapSource(Counted(512), [big_image], workers=2)
+        source = HostMapSource(hostfns.Counted(512), [hostfns.big_image], workers=2)
         return Pipeline(source=source, batch_size=32, shuffle=True)
 
     pipe = build()
@@ -291,6 +273,25 @@ def test_scan_reads_big_batches_in_order_so_each_was_prepared_ahead():
     assert (stats.reads, stats.prefetched_reads) == (12, 11)
     want = stream(itertools.islice(build(), 12))["image"][:, 0, 0, 0]
     np.testing.assert_array_equal(np.asarray(firsts).reshape(-1), want)
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_host_batches_reach_a_cpu_device_without_a_copy(processes):
+    # 64-byte aligned: XLA's CPU client aliases the NumPy buffer (2.9 ms against
+    # 0.08 ms for a 9.6 MB batch, measured); NumPy aligns large arrays to 16.
+    source = HostMapSource(
+        hostfns.Counted(64), [hostfns.big_image], workers=2, processes=processes
+    )
+    try:
+        batch = next(source.host_batches(0, 8, None))
+        assert [int(v) for v in batch["image"][:, 0, 0, 0]] == list(range(8))
+        for array in batch.values():
+            assert array.ctypes.data % 64 == 0
+        if jax.default_backend() == "cpu":
+            image = jax.device_put(batch["image"])
+            assert image.unsafe_buffer_pointer() == batch["image"].ctypes.data
+    finally:
+        source.close()
 
 
 @pytest.mark.slow

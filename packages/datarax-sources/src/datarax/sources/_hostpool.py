@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from datarax.core import at_exit
+from datarax.sources._buffers import aligned_empty, concatenate_aligned
 from datarax.sources._hostwork import (
     FieldSpec,
     Task,
@@ -44,6 +45,17 @@ from datarax.sources._order import host_indices
 _LAST_POSITION = 2**31 - 1
 #: Tasks per worker in one read: smaller tasks even out records of unequal cost.
 TASKS_PER_WORKER = 2
+
+
+class Read(list):
+    """One read's tasks: futures, in position order.
+
+    For worker threads, ``out`` holds the read's output arrays, each task filling
+    its rows: no concatenation after, and aligned, so that on a CPU they become
+    ``jax.Array`` s without a copy.
+    """
+
+    out: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -100,9 +112,7 @@ class HostWorkers:
         self._exiting = False  # the interpreter is exiting: start no pool
         _LIVE.add(self)
         self._pool: list[futures.Executor] = []  # shared with the finalizer
-        self._pending: collections.OrderedDict[tuple, list[futures.Future]] = (
-            collections.OrderedDict()
-        )
+        self._pending: collections.OrderedDict[tuple, Read] = collections.OrderedDict()
         self._stats = HostStats(stage_seconds={s.name: 0.0 for s in self.stages})
         self._first_read: float | None = None
 
@@ -215,28 +225,32 @@ class HostWorkers:
 
     def _submit(
         self, positions: np.ndarray, shuffle: np.ndarray | None, seed: np.ndarray | None
-    ) -> list[futures.Future]:
+    ) -> Read:
         pool = self._executor()
         indices = self.indices(positions, shuffle)
         size = max(1, math.ceil(len(positions) / (self.workers * TASKS_PER_WORKER)))
-        jobs = []
+        jobs = Read()
+        if not self.processes:  # threads stack their rows into the read's arrays
+            jobs.out = {
+                name: aligned_empty((len(positions), *field.shape), field.dtype)
+                for name, field in self.spec.items()
+            }
         for low in range(0, len(positions), size):
-            task = Task(
-                positions[low : low + size],
-                indices[low : low + size],
-                self.length,
-                seed,
-            )
-            if self.processes:
+            rows = slice(low, low + size)
+            task = Task(positions[rows], indices[rows], self.length, seed)
+            if jobs.out is None:
                 jobs.append(pool.submit(run_in_process, task))
             else:
+                out = {name: array[rows] for name, array in jobs.out.items()}
                 jobs.append(
-                    pool.submit(run_task, self.records, self.stages, self.spec, task)
+                    pool.submit(
+                        run_task, self.records, self.stages, self.spec, task, out
+                    )
                 )
         return jobs
 
     def _collect(
-        self, jobs: list[futures.Future], count: int, prefetched: bool
+        self, jobs: Read, count: int, prefetched: bool
     ) -> dict[str, np.ndarray]:
         tick = time.perf_counter()
         if self._first_read is None:
@@ -256,8 +270,11 @@ class HostWorkers:
             stats.read_seconds += result.seconds[0]
             for stage, seconds in zip(self.stages, result.seconds[1:], strict=True):
                 stats.stage_seconds[stage.name] += seconds
+        if jobs.out is not None:
+            return jobs.out
+        # Aligned: on a CPU the batch then becomes a jax.Array without a copy.
         return {
-            name: np.concatenate([r.fields[name] for r in results])
+            name: concatenate_aligned([r.fields[name] for r in results])
             for name in self.spec
         }
 

@@ -89,10 +89,13 @@ def run_task(
     stages: Sequence[Any],
     spec: Mapping[str, FieldSpec] | None,
     task: Task,
+    out: Mapping[str, np.ndarray] | None = None,
 ) -> TaskResult:
     """Reads the task's records, runs every stage on each, stacks the outputs.
 
     With ``spec`` ``None`` (the probe) the outputs are stacked as they come.
+    With ``out`` (field -> this task's rows of the whole read's arrays: worker
+    threads) they are stacked into it, and the result's fields are ``out``.
 
     Raises:
         HostStageError: naming the stage, position and index of the first record
@@ -142,8 +145,8 @@ def run_task(
                 )
             seconds[number + 1] += time.perf_counter() - tick
         outputs.append(record)
-    fields = _stacked(outputs, spec, stages[-1].name if stages else "read", task)
-    return TaskResult(fields, seconds)
+    last = stages[-1].name if stages else "read"
+    return TaskResult(_stacked(outputs, spec, last, task, out), seconds)
 
 
 def _failed(
@@ -165,8 +168,9 @@ def _stacked(
     spec: Mapping[str, FieldSpec] | None,
     last: str,
     task: Task,
+    out: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The records' fields stacked, each checked against ``spec``."""
+    """The records' fields stacked (into ``out`` if given), checked against ``spec``."""
     names = list(outputs[0]) if spec is None else list(spec)
     fields = {}
     for name in names:
@@ -187,6 +191,10 @@ def _stacked(
                     int(index),
                 )
             column.append(value)
+        target = None if out is None else out[name]
+        if target is not None and all(v.dtype == target.dtype for v in column):
+            fields[name] = np.stack(column, out=target)  # nothing to check or cast
+            continue
         stacked = np.stack(column)
         if spec is not None:
             stacked = convert_for_jax(
@@ -196,6 +204,9 @@ def _stacked(
                 field=name,
                 records=task.indices,
             )
+        if target is not None:
+            target[...] = stacked
+            stacked = target
         fields[name] = stacked
     return fields
 
