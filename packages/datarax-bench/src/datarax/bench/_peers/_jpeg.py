@@ -18,6 +18,8 @@ The rest of this docstring is ``CV-JPEG``'s.
 * Grain: ``MapDataset`` of record indices, shuffled per epoch, ``random_map`` of
   the same per-file work as PyTorch's, ``batch``, read ahead by threads
   (``to_iter_dataset``) or by processes (``mp_prefetch``).
+* SPDL: its pipeline's loading stage decodes a batch of files with the same
+  function, batches in parallel on its thread pool (see ``_spdl.py``).
 """
 
 from __future__ import annotations

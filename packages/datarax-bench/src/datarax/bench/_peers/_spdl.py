@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from datarax.bench._adapter import Batch, IteratorAdapter, register_adapter, to_device
+from datarax.bench._peers._jpeg import JpegRecords, jpeg_files, text_records
 from datarax.bench._peers._stream import gather, source_arrays, stream_for
 from datarax.bench._scenarios import Scenario, apply_numpy
 
@@ -31,6 +32,13 @@ class SPDLAdapter(IteratorAdapter):
     order. Stochastic transforms draw from a generator seeded by
     ``(seed, step)``, so concurrent stages never share one.
 
+    Encoded records (``CV-JPEG``, ``TEXT-1``) go through the same pipeline: the
+    loading stage reads, decodes and crops each batch's files with the function
+    every Python loader here calls (OpenCV releases the GIL), or tokenizes each
+    batch's lines with ``encode_batch`` (Rust threads). SPDL's own image
+    decoders (``spdl.io``) need FFmpeg's shared libraries, which this machine
+    does not have.
+
     Args:
         num_threads: the pipeline's thread pool (default: the CPU count).
         concurrency: batches loaded at once.
@@ -39,6 +47,7 @@ class SPDLAdapter(IteratorAdapter):
 
     name: ClassVar[str] = "SPDL"
     modules: ClassVar[tuple[str, ...]] = ("spdl",)
+    reads_files: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -51,6 +60,7 @@ class SPDLAdapter(IteratorAdapter):
         self.concurrency = concurrency or self.num_threads
         self.buffer_size = buffer_size
         self._pipeline: Any = None
+        self._encoded = ""
 
     def settings(self) -> dict[str, Any]:
         """SPDL's threads, stage concurrency and buffers."""
@@ -62,7 +72,10 @@ class SPDLAdapter(IteratorAdapter):
             "load.output_order": "input",
             "transfer.concurrency": 1,
             "sink.buffer_size": self.buffer_size,
-            "transforms": "NumPy, per batch",
+            "transforms": {
+                "jpeg": "per file: read + decode_crop + normalize, per batch",
+                "text": "encode_batch per batch",
+            }.get(self._encoded, "NumPy, per batch"),
         }
 
     def setup(
@@ -75,13 +88,18 @@ class SPDLAdapter(IteratorAdapter):
         """Builds (but does not start) the SPDL pipeline."""
         from spdl.pipeline import PipelineBuilder
 
-        arrays = source_arrays(scenario, data, workdir)
-        sizes = [len(next(iter(d.values()))) for d in data]
+        self._encoded = scenario.encoded
+        if scenario.encoded:
+            load, size = _encoded_loader(scenario, variant)
+            sizes = [size]
+        else:
+            arrays = source_arrays(scenario, data, workdir)
+            sizes = [len(next(iter(d.values()))) for d in data]
 
-        def load(item: tuple[int, np.ndarray]) -> dict[str, np.ndarray]:
-            step, indices = item
-            rng = np.random.default_rng((SEED, step))
-            return apply_numpy(scenario, gather(arrays, indices), rng)
+            def load(item: tuple[int, np.ndarray]) -> dict[str, np.ndarray]:
+                step, indices = item
+                rng = np.random.default_rng((SEED, step))
+                return apply_numpy(scenario, gather(arrays, indices), rng)
 
         self._pipeline = (
             PipelineBuilder()
@@ -105,3 +123,25 @@ class SPDLAdapter(IteratorAdapter):
                 pipeline.stop()
             except RuntimeError:
                 pass  # never started (no batch was asked for): nothing to stop
+
+
+def _encoded_loader(
+    scenario: Scenario, variant: str
+) -> tuple[Callable[[tuple[int, np.ndarray]], dict[str, np.ndarray]], int]:
+    """The loading stage of an encoded scenario, and its number of records."""
+    if scenario.encoded == "text":
+        lines = text_records(scenario, variant)
+
+        def tokenize(item: tuple[int, np.ndarray]) -> dict[str, np.ndarray]:
+            return lines.tokenize.batch([lines.lines[i] for i in item[1]])
+
+        return tokenize, len(lines)
+    files = JpegRecords(*jpeg_files(scenario, variant))
+
+    def decode(item: tuple[int, np.ndarray]) -> dict[str, np.ndarray]:
+        step, indices = item
+        rng = np.random.default_rng((SEED, step))
+        records = [files.load(int(index), rng) for index in indices]
+        return {name: np.stack([r[name] for r in records]) for name in records[0]}
+
+    return decode, len(files)
