@@ -68,6 +68,17 @@ def test_colour_functions_follow_their_formulas():
     np.testing.assert_allclose(
         F.normalize(x, (0.5, 0.4, 0.3), 0.2), (x - [0.5, 0.4, 0.3]) / 0.2, rtol=1e-5
     )
+    pixels = np.arange(256, dtype=np.uint8).reshape(-1, 1, 1).repeat(3, axis=2)
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    f32 = np.float32
+    np.testing.assert_allclose(  # multiply-add: within 2.4e-7 of float32 division
+        F.normalize(pixels, mean, std),
+        (pixels.astype(f32) - np.asarray(mean, f32)) / np.asarray(std, f32),
+        rtol=0,
+        atol=2.5e-7,
+    )
+    with pytest.raises(ValueError, match=r"normalize: std must be positive, got 0"):
+        F.normalize(x, 0.5, 0)
 
 
 def test_integer_images_are_rounded_and_clipped_to_their_dtype():

@@ -114,20 +114,28 @@ def test_import_datarax_loads_no_optional_backend():
 
 
 def _closure(requirements: list[str]) -> set[str]:
-    """Distribution names reachable from ``requirements`` (no extras, any marker
-    that holds here), through the metadata of what is installed."""
+    """Distribution names reachable from ``requirements`` (any marker that holds
+    here), through the metadata of what is installed. A requirement's own extras
+    (``name[a,b]``) are followed; other extras are not."""
     seen: set[str] = set()
     todo = [r for r in requirements if "extra ==" not in r]
     while todo:
-        name = _name(todo.pop())
-        if name in seen:
+        requirement = todo.pop()
+        name = _name(requirement)
+        extras = re.search(r"\[([^\]]*)\]", requirement.split(";")[0])
+        wanted = {e.strip() for e in extras.group(1).split(",")} if extras else set()
+        key = f"{name}[{','.join(sorted(wanted))}]"
+        if key in seen:
             continue
-        seen.add(name)
+        seen.add(key)
         try:
-            todo.extend(r for r in md.requires(name) or [] if "extra ==" not in r)
+            for r in md.requires(name) or []:
+                marker = re.search(r"extra == [\"']([^\"']+)[\"']", r)
+                if marker is None or marker.group(1) in wanted:
+                    todo.append(r.split(";")[0] if marker else r)
         except md.PackageNotFoundError:
             pass
-    return seen
+    return {key.split("[")[0] for key in seen}
 
 
 @pytest.fixture(scope="module")

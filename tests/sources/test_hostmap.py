@@ -332,10 +332,13 @@ def test_process_workers_serve_the_thread_stream_and_report_a_death(folder):
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_loop_ends_the_program_and_its_workers(folder):
-    """A terminal's Ctrl-C (SIGINT to the process group) stops a loop whose host
-    stages run in worker processes and whose batches a thread prefetches: the
-    program ends with its KeyboardInterrupt, promptly, and leaves no process."""
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_a_stopped_program_leaves_no_worker_process(folder, how):
+    """A loop whose host stages run in worker processes, and whose batches a
+    thread prefetches, stopped by a terminal's Ctrl-C (SIGINT to the process
+    group: the program ends promptly with its KeyboardInterrupt) or killed
+    (SIGKILL to the main process alone: nothing of it runs after). Either way
+    every worker process ends."""
     import psutil
 
     script = Path(hostfns.__file__).with_name("interrupted.py")
@@ -353,13 +356,19 @@ def test_ctrl_c_in_a_loop_ends_the_program_and_its_workers(folder):
         assert ready[:1] == ["ready"], child.communicate(timeout=60)
         workers = [psutil.Process(int(pid)) for pid in ready[1:]]
         assert workers  # the worker processes (and multiprocessing's tracker)
-        os.killpg(child.pid, signal.SIGINT)
+        if how == "ctrl-c":
+            os.killpg(child.pid, signal.SIGINT)
+        else:
+            os.kill(child.pid, signal.SIGKILL)
         _, err = child.communicate(timeout=60)  # a hang fails here
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
-    assert child.returncode == -signal.SIGINT, err
-    assert "KeyboardInterrupt" in err
+    if how == "ctrl-c":
+        assert child.returncode == -signal.SIGINT, err
+        assert "KeyboardInterrupt" in err
+    else:
+        assert child.returncode == -signal.SIGKILL
 
     def ended(process: psutil.Process) -> bool:
         try:  # a zombie has ended; only its parent's reaping is left
@@ -367,7 +376,12 @@ def test_ctrl_c_in_a_loop_ends_the_program_and_its_workers(folder):
         except psutil.NoSuchProcess:
             return True
 
-    assert wait_for(lambda: all(ended(worker) for worker in workers))
+    try:
+        assert wait_for(lambda: all(ended(worker) for worker in workers))
+    finally:
+        for worker in workers:
+            if not ended(worker):
+                worker.kill()
 
 
 def test_a_dropped_pipeline_still_finishes_the_run_it_dispatched(folder):

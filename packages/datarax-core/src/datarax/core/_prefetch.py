@@ -33,11 +33,14 @@ GROUP = 16
 GROUP_BYTES = 32 * 2**20
 GROUP_SECONDS = 0.002
 
-# Threads still reading at interpreter exit are stopped and joined (at_exit): a
-# daemon thread killed inside jax.device_put aborts the process. Host worker
-# pools stop before concurrent.futures' join, and refuse to start again, so a
-# thread still reading then gets an error rather than a new pool.
-_RUNNING: weakref.WeakSet = weakref.WeakSet()
+# Threads still running at interpreter exit are stopped and joined (at_exit):
+# a daemon thread that finalization kills inside jaxlib aborts the process
+# ("FATAL: exception not rethrown"), even one that only frees the jax.Arrays
+# left in its queue as it ends. Tracked by thread, not by Ahead: a loop left by
+# an exception (Ctrl-C) drops its Ahead, whose thread then ends on its own.
+# Host worker pools stop before concurrent.futures' join, and refuse to start
+# again, so a thread still reading then gets an error rather than a new pool.
+_RUNNING: weakref.WeakSet = weakref.WeakSet()  # live threads (threading holds them)
 
 
 class Ahead:
@@ -98,13 +101,8 @@ class Ahead:
         return typical >= SLOW_READ or largest >= LARGE_BATCH
 
     def _start(self) -> None:
-        self._thread = threading.Thread(
-            target=_fill,
-            args=(self._batches, self._queue, self._stop),
-            name="datarax-prefetch",
-            daemon=True,
-        )
-        _RUNNING.add(self)
+        self._thread = _Filler(self._batches, self._queue, self._stop)
+        _RUNNING.add(self._thread)
         self._thread.start()
 
     def _take(self) -> dict[str, Any]:
@@ -136,6 +134,17 @@ class Ahead:
             close = getattr(self._batches, "close", None)
             if close is not None:
                 close()
+
+
+class _Filler(threading.Thread):
+    """The thread that reads ahead (:func:`_fill`), with its stop event."""
+
+    def __init__(
+        self, batches: Iterator[dict[str, Any]], out: queue.Queue, stop: threading.Event
+    ):
+        args = (batches, out, stop)
+        super().__init__(target=_fill, args=args, name="datarax-prefetch", daemon=True)
+        self.stop = stop
 
 
 def _fill(batches: Iterator[dict[str, Any]], out: queue.Queue, stop: threading.Event):
@@ -177,8 +186,11 @@ def _fill(batches: Iterator[dict[str, Any]], out: queue.Queue, stop: threading.E
 
 
 def _stop_all() -> None:
-    for ahead in list(_RUNNING):
-        ahead.close()
+    threads = list(_RUNNING)
+    for thread in threads:
+        thread.stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
 
 
 def at_exit(hook: Any) -> None:

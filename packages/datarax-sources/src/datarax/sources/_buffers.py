@@ -26,11 +26,3 @@ def aligned_empty(shape: Sequence[int], dtype: np.dtype | type) -> np.ndarray:
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
     offset = -raw.ctypes.data % ALIGNMENT
     return raw[offset : offset + nbytes].view(dtype).reshape(tuple(shape))
-
-
-def concatenate_aligned(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """``np.concatenate(parts)`` into an :func:`aligned_empty` array."""
-    first = parts[0]
-    rows = sum(len(part) for part in parts)
-    dtype = np.result_type(*parts)
-    return np.concatenate(parts, out=aligned_empty((rows, *first.shape[1:]), dtype))

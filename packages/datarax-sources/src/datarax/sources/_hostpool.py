@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from datarax.core import at_exit
-from datarax.sources._buffers import aligned_empty, concatenate_aligned
+from datarax.sources._buffers import aligned_empty
 from datarax.sources._hostwork import (
     FieldSpec,
     Task,
@@ -231,10 +231,7 @@ class HostWorkers:
         size = max(1, math.ceil(len(positions) / (self.workers * TASKS_PER_WORKER)))
         jobs = Read()
         if not self.processes:  # threads stack their rows into the read's arrays
-            jobs.out = {
-                name: aligned_empty((len(positions), *field.shape), field.dtype)
-                for name, field in self.spec.items()
-            }
+            jobs.out = self._arrays(len(positions))
         for low in range(0, len(positions), size):
             rows = slice(low, low + size)
             task = Task(positions[rows], indices[rows], self.length, seed)
@@ -272,10 +269,20 @@ class HostWorkers:
                 stats.stage_seconds[stage.name] += seconds
         if jobs.out is not None:
             return jobs.out
-        # Aligned: on a CPU the batch then becomes a jax.Array without a copy.
+        out = self._arrays(count)
+        if results:
+            for name, array in out.items():
+                np.concatenate([r.fields[name] for r in results], out=array)
+        return out
+
+    def _arrays(self, count: int) -> dict[str, np.ndarray]:
+        """Uninitialised output arrays of ``count`` records, 64-byte aligned.
+
+        On a CPU a read's batch then becomes a ``jax.Array`` without a copy.
+        """
         return {
-            name: concatenate_aligned([r.fields[name] for r in results])
-            for name in self.spec
+            name: aligned_empty((count, *field.shape), field.dtype)
+            for name, field in self.spec.items()
         }
 
     def _cancel(self, jobs: list[futures.Future]) -> None:

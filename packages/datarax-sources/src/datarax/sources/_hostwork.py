@@ -7,7 +7,11 @@ output once (:func:`init_process`) and then only positions per task.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import threading
 import time
 import traceback
 import zlib
@@ -247,13 +251,33 @@ def init_process(
 ) -> None:
     """Receives what every task of this worker process needs, once.
 
-    The worker ignores SIGINT: a terminal's Ctrl-C reaches the whole process
-    group, and the main process, which gets its KeyboardInterrupt, stops the
-    workers; a worker interrupted mid-task would only print a second traceback.
+    A terminal's Ctrl-C reaches the whole process group: the main process gets
+    its KeyboardInterrupt and stops the workers, so a worker lets SIGINT pass (a
+    worker interrupted mid-task would only print a second traceback). A handler
+    that does nothing, not SIG_IGN, which programs a stage starts would inherit.
+    And a worker ends when the main process does, however it ended: killed, or
+    by a signal that skipped its clean-up.
     """
     global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _let_pass)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        watch = threading.Thread(
+            target=_exit_with, args=(parent.sentinel,), name="datarax-parent"
+        )
+        watch.daemon = True
+        watch.start()
     _WORKER = (records, stages, spec)
+
+
+def _let_pass(signum: int, frame: Any) -> None:
+    """SIGINT in a worker process: the main process handles it."""
+
+
+def _exit_with(parent_sentinel: int) -> None:
+    """Ends this worker process once the main process has ended."""
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(1)
 
 
 def run_in_process(task: Task) -> TaskResult:
