@@ -314,12 +314,16 @@ def test_process_workers_serve_the_thread_stream_and_report_a_death(folder):
     ):
         list(failing)
     # A worker that dies is reported, never waited for; the next read recovers.
+    # No read-ahead (prefetch=0): work prepared ahead for positions 6-17 would
+    # reach label 1 while the first read runs, and a dead worker fails every
+    # task of its pool, the first read's too.
     stages = [HostOperator(hostfns.decode), HostOperator(hostfns.exit_on_label_1)]
     dying = Pipeline(
         source=HostMapSource(
-            ImageFolderSource(folder), stages, workers=2, processes=True
+            ImageFolderSource(folder), stages, workers=2, processes=True, prefetch=0
         ),
         batch_size=6,
+        prefetch=0,
     )
     it = iter(dying)
     next(it)
