@@ -218,13 +218,18 @@ def scan_builder(
                 nbytes(probe_batch(graph)[1]),
                 num_modules,
                 host_read_each_step=stream.source.reads_on_host
-                and min(length, steps_per_read(stream)) == 1,
+                and _steps_per_call(stream, length) == 1,
             )
         return build_scan(
             spec, step_fn, length=length, has_carry=has_carry, unroll=chosen
         )
 
     return build
+
+
+def _steps_per_call(stream: Stream, length: int) -> int:
+    """Steps of a ``length``-step scan whose records one source read serves."""
+    return max(1, min(length, steps_per_read(stream)))
 
 
 class _Body:
@@ -336,7 +341,7 @@ def build_scan(
         body.data_values = data_values
         stream: Stream = spec.merge(carry_values, data_values)[0]
         body.window = open_window(stream, length * stream.batch_size, host_plan)
-        per_read = max(1, min(length, steps_per_read(stream)))
+        per_read = _steps_per_call(stream, length)
         carry = (carry_values, init_carry)
         if per_read == 1:
             start, size = body.window.start, stream.batch_size
