@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
-# A subprocess with four forced CPU devices runs every case (module fixture),
-# once: the module's tests stay on one xdist worker (each worker would run the
-# module fixture again, 30-40 s of a subprocess).
+# A subprocess with four forced CPU devices runs every case, once per test run
+# (30-40 s): its result is kept in the run's folder (run_once), as pytest tore
+# the module fixture down and set it up again between this module's tests on
+# one xdist worker. The group keeps the other worker from waiting on it.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sharding")]
 
 SCRIPT = textwrap.dedent(
@@ -105,8 +108,11 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def result(run_on_devices) -> dict:
-    return run_on_devices(SCRIPT, devices=4)
+def result(run_on_devices, run_once) -> dict:
+    def run(out: Path) -> None:
+        (out / "result.json").write_text(json.dumps(run_on_devices(SCRIPT, devices=4)))
+
+    return json.loads((run_once("sharding", run) / "result.json").read_text())
 
 
 @pytest.mark.parametrize("kind", ["memory", "disk", "host"])

@@ -3,11 +3,14 @@
 ``python interrupted.py FOLDER`` iterates a shuffled pipeline whose host stages run
 in worker processes (and whose batches are prefetched by a thread) without end,
 printing ``ready PID...`` (its worker processes) once batches flow. The test sends
-SIGINT to its process group, as a terminal's Ctrl-C does.
+SIGINT to its process group, as a terminal's Ctrl-C does. SIGUSR1 prints every
+thread's stack to stderr (faulthandler), for a test that finds it still running.
 """
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 import time
 
@@ -36,4 +39,5 @@ def main(folder: str) -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     main(sys.argv[1])

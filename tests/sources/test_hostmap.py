@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import hostfns
@@ -337,7 +338,7 @@ def test_process_workers_serve_the_thread_stream_and_report_a_death(folder):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "kill"])
-def test_a_stopped_program_leaves_no_worker_process(folder, how):
+def test_a_stopped_program_leaves_no_worker_process(folder, how, tmp_path):
     """A loop whose host stages run in worker processes, and whose batches a
     thread prefetches, stopped by a terminal's Ctrl-C (SIGINT to the process
     group: the program ends promptly with its KeyboardInterrupt) or killed
@@ -347,45 +348,62 @@ def test_a_stopped_program_leaves_no_worker_process(folder, how):
 
     script = Path(hostfns.__file__).with_name("interrupted.py")
     env = {**os.environ, "PYTHONPATH": str(script.parent), "JAX_PLATFORMS": "cpu"}
-    child = subprocess.Popen(
-        [sys.executable, str(script), str(folder)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,  # its own process group, as a terminal's job
-    )
+    log = tmp_path / "stderr.txt"  # a file: a pipe nobody reads could fill
+    with open(log, "w") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(folder)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+            start_new_session=True,  # its own process group, as a terminal's job
+        )
+    workers = []
     try:
         ready = child.stdout.readline().split()
-        assert ready[:1] == ["ready"], child.communicate(timeout=60)
+        assert ready[:1] == ["ready"], (child.wait(timeout=60), log.read_text())
         workers = [psutil.Process(int(pid)) for pid in ready[1:]]
         assert workers  # the worker processes (and multiprocessing's tracker)
         if how == "ctrl-c":
             os.killpg(child.pid, signal.SIGINT)
         else:
             os.kill(child.pid, signal.SIGKILL)
-        _, err = child.communicate(timeout=60)  # a hang fails here
+        # The program's own end, not its pipes' (its workers hold them too).
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a hang: what each thread was doing
+            child.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            alive = [w.pid for w in workers if not _ended(w)]
+            os.killpg(child.pid, signal.SIGKILL)
+            pytest.fail(
+                f"still running 60 s after {how}; workers alive: {alive}; "
+                f"its threads:\n{log.read_text()[-6000:]}"
+            )
+        assert wait_for(lambda: all(_ended(worker) for worker in workers))
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
+        for worker in workers:
+            if not _ended(worker):
+                worker.kill()
+        child.communicate(timeout=30)  # reaped and its pipe closed, whatever failed
+    err = log.read_text()
     if how == "ctrl-c":
         assert child.returncode == -signal.SIGINT, err
         assert "KeyboardInterrupt" in err
     else:
         assert child.returncode == -signal.SIGKILL
 
-    def ended(process: psutil.Process) -> bool:
-        try:  # a zombie has ended; only its parent's reaping is left
-            return process.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
+
+def _ended(process) -> bool:
+    """Whether a ``psutil.Process`` has ended (a zombie waits only for its reaping)."""
+    import psutil
 
     try:
-        assert wait_for(lambda: all(ended(worker) for worker in workers))
-    finally:
-        for worker in workers:
-            if not ended(worker):
-                worker.kill()
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_a_dropped_pipeline_still_finishes_the_run_it_dispatched(folder):
