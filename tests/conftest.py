@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # Every example compiles at least once; keep the budget of examples small (8 in
-# the first pass, 4 in the second: scripts/test.sh) and never time them (the
-# first call of a shape compiles).
+# the first pass, 3 in the second: scripts/test.sh; tests/helpers/budget.py
+# scales a test's own budget the same way) and never time them (the first call
+# of a shape compiles).
 settings.register_profile(
     "datarax",
     deadline=None,

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from budget import examples
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
@@ -311,7 +312,7 @@ def test_streaming_is_traceable_under_jit_vmap_and_nnx_scan(sources, legacy):
     np.testing.assert_array_equal(scanned(source, starts), vmapped)
 
 
-@settings(max_examples=8)  # each example compiles two reads
+@settings(max_examples=examples(8))  # each example compiles two reads
 @given(
     start=st.integers(0, 200),
     batch_size=st.integers(1, 50),

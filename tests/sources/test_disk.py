@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from budget import examples
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
@@ -188,7 +189,7 @@ def test_corrupt_file_is_named(tmp_path):
         StreamingDiskSource(tmp_path)
 
 
-@settings(max_examples=8)
+@settings(max_examples=examples(8))
 @given(
     length=st.integers(1, 25),
     batch_size=st.integers(1, 30),

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from budget import examples
 from flax import nnx
 from hypothesis import assume, given, settings, strategies as st
 
@@ -47,7 +48,7 @@ def test_len_spec_and_quotas():
     assert sum(MixDataSourcesNode(children([3, 3]), [1, 2], block_size=7).quotas) == 7
 
 
-@settings(max_examples=6)
+@settings(max_examples=examples(6))
 @given(
     lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4),
     raw_weights=st.lists(st.integers(1, 9), min_size=4, max_size=4),
@@ -77,7 +78,7 @@ def test_each_child_served_in_its_own_epochs_without_replacement(
         )
 
 
-@settings(max_examples=6)
+@settings(max_examples=examples(6))
 @given(
     raw_weights=st.lists(st.integers(0, 20), min_size=2, max_size=4).filter(any),
     start=st.integers(0, 5000),
@@ -102,7 +103,7 @@ def reader(batch_size):
     return jax.jit(lambda s, k: mix.get_batch_at(s, batch_size, k)["x"])
 
 
-@settings(max_examples=6)
+@settings(max_examples=examples(6))
 @given(split=st.integers(1, 39), start=st.integers(0, 300))
 def test_deterministic_and_batch_size_invariant(split, start):
     key = jax.random.key(9)
