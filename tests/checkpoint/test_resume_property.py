@@ -12,13 +12,13 @@ stage, the same per-record keys, by iteration, ``step`` or ``scan``.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import numpy as np
 import pytest
+from budget import examples
 from flax import nnx
 from hypothesis import event, given, settings, strategies as st
 
@@ -27,12 +27,12 @@ from datarax.checkpoint import load_state_dict, restore, save, state_dict
 from datarax.operators import ElementOperator
 from datarax.sources import MemorySource, MixDataSourcesNode, StreamingDiskSource
 
-# 25 examples per unit of DATARAX_HYPOTHESIS_EXAMPLES: 300 in the first test pass
-# (default 12), 150 in the second (which sets 6). Once its programs are compiled
+# 300 examples in the first test pass, 3/8 of them in the second (budget.py).
+# Once its programs are compiled
 # an example costs 30-40 ms, while each (construction, batch size, mode) compiles
 # a program of its own in 0.05-2.4 s. So every draw comes from the small finite
 # sets below: all examples share 33 programs (about 18 s of compiling).
-EXAMPLES = 25 * int(os.environ.get("DATARAX_HYPOTHESIS_EXAMPLES", "12"))
+EXAMPLES = examples(300)
 
 
 def tag(record, key):

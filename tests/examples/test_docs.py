@@ -26,12 +26,16 @@ NEEDS["arrayrecord.md"] = "array_record"
 # into one session, but each in fresh globals and its own folder, so that no
 # block leans on another's names or files. One process per page, not per block:
 # importing jax, datarax and the backends once took 20 s of CPU off the suite.
+# What a block changes for the whole process (jax.config, os.environ) reaches
+# the blocks after it: no block on these pages does.
 RUNNER = textwrap.dedent(
     """
     import json, os, sys, traceback
     page, blocks = json.load(open(sys.argv[1]))
+    folder = sys.argv[2]
+    sys.argv[1:] = []  # as for python -c CODE
     for index, code in enumerate(blocks):
-        os.chdir(os.path.join(sys.argv[2], str(index)))
+        os.chdir(os.path.join(folder, str(index)))
         try:
             code = compile(code, f"{page} block {index}", "exec")
             exec(code, {"__name__": "__main__"})
@@ -63,6 +67,7 @@ def test_doc_examples_run(page, tmp_path):
         [sys.executable, "-c", RUNNER, str(tmp_path / "blocks.json"), str(tmp_path)],
         capture_output=True,
         text=True,
+        cwd=tmp_path,
         env=env,
         timeout=240,
     )

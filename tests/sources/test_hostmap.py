@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import multiprocessing
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hostfns
 import jax
@@ -29,6 +31,9 @@ from datarax.sources import (
     HostStageError,
     ImageFolderSource,
 )
+
+if TYPE_CHECKING:
+    import psutil
 
 CLASSES = ("cat", "dog", "fox")
 PER_CLASS = 7  # 21 images: batches of 6 leave a short last batch
@@ -382,12 +387,15 @@ def test_a_stopped_program_leaves_no_worker_process(folder, how, tmp_path):
             )
         assert wait_for(lambda: all(_ended(worker) for worker in workers))
     finally:
-        if child.poll() is None:
+        # The whole group, whatever failed: a process started after "ready"
+        # may hold the pipe too. An empty group raises ProcessLookupError.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         for worker in workers:
-            if not _ended(worker):
+            with contextlib.suppress(psutil.NoSuchProcess):
                 worker.kill()
-        child.communicate(timeout=30)  # reaped and its pipe closed, whatever failed
+        child.stdout.close()
+        child.wait(timeout=30)  # reaped, so no ResourceWarning reaches a later test
     err = log.read_text()
     if how == "ctrl-c":
         assert child.returncode == -signal.SIGINT, err
@@ -396,7 +404,7 @@ def test_a_stopped_program_leaves_no_worker_process(folder, how, tmp_path):
         assert child.returncode == -signal.SIGKILL
 
 
-def _ended(process) -> bool:
+def _ended(process: psutil.Process) -> bool:
     """Whether a ``psutil.Process`` has ended (a zombie waits only for its reaping)."""
     import psutil
 

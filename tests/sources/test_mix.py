@@ -94,10 +94,11 @@ def test_proportions_within_one_percent_on_windows_of_three_blocks(raw_weights, 
 
 
 @functools.cache
-def reader(batch_size):
-    """A compiled read of ``batch_size`` records of one mix, kept across examples.
+def reader(batch_size, instance=0):
+    """A compiled read of ``batch_size`` records of a mix, kept across examples.
 
     The start is an argument: an example compiles only its new batch sizes.
+    Each ``(batch_size, instance)`` has a mix object of its own.
     """
     mix = MixDataSourcesNode(children([11, 6, 9]), [2, 1, 1], block_size=16)
     return jax.jit(lambda s, k: mix.get_batch_at(s, batch_size, k)["x"])
@@ -108,11 +109,11 @@ def reader(batch_size):
 def test_deterministic_and_batch_size_invariant(split, start):
     key = jax.random.key(9)
 
-    def read_at(first, batch_size):
-        return np.asarray(reader(batch_size)(jnp.int32(first), key))
+    def read_at(first, batch_size, instance=0):
+        return np.asarray(reader(batch_size, instance)(jnp.int32(first), key))
 
     whole = read_at(start, 40)
-    again = read_at(start, 40)
+    again = read_at(start, 40, instance=1)  # another mix of the same children
     head = read_at(start, split)
     tail = read_at(start + split, 40 - split)
     np.testing.assert_array_equal(whole, again)
