@@ -16,6 +16,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+ROOT = Path(__file__).resolve().parents[1]
+
+# Host stages run in spawned worker processes must be importable by name there:
+# they live in tests/helpers, which spawned children find on the inherited path.
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+
+import budget  # noqa: E402 (tests/helpers, on the path from the line above)
+
 # Every example compiles at least once; keep the budget of examples small (8 in
 # the first pass, 3 in the second: scripts/test.sh; tests/helpers/budget.py
 # scales a test's own budget the same way) and never time them (the first call
@@ -23,17 +31,11 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "datarax",
     deadline=None,
-    max_examples=int(os.environ.get("DATARAX_HYPOTHESIS_EXAMPLES", "8")),
+    max_examples=budget.EXAMPLES,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
 )
 settings.load_profile("datarax")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# Host stages run in spawned worker processes must be importable by name there:
-# they live in tests/helpers, which spawned children find on the inherited path.
-sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
 # Marked ``once``: scripts/test.sh runs them in its first pass only (the second
 # Python, with the other jax and flax, runs -m "not once"). The second pass checks
